@@ -1,0 +1,1 @@
+"""Pure-PyTorch model code of VideoForge. Nothing in this package imports ComfyUI."""

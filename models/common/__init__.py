@@ -1,0 +1,1 @@
+"""Pieces shared by every family: attention, rope, norms, ops, checkpoint reading."""

@@ -1,0 +1,89 @@
+"""The one small interface between family code and the family-agnostic sampler / nodes.
+
+Nodes and the sampler only ever talk to a `VideoModel`, a `VideoVAE` and a `TextEncoder`;
+they never branch on family names. A family provides the latent layout, what the network
+predicts, and `denoise()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .errors import VideoForgeError
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How pixel video maps to latent video for one family's VAE."""
+    channels: int = 16
+    time_ratio: int = 4       # pixel frames per latent frame (after the first)
+    space_ratio: int = 8      # pixels per latent pixel
+    first_frame_alone: bool = True  # causal VAEs: frames = time_ratio * k + 1
+    size_multiple: int = 16   # pixel width/height multiple (space_ratio * patch size)
+
+    def check(self, frames: int, height: int, width: int) -> None:
+        """Raise a VideoForgeError saying what to change when the size is not valid."""
+        r, m = self.time_ratio, self.size_multiple
+        if self.first_frame_alone and (frames - 1) % r:
+            lo = (frames - 1) // r * r + 1
+            raise VideoForgeError(f"frames={frames}: this model needs {r}k+1 frames; "
+                                  f"use {lo} or {lo + r}.")
+        if not self.first_frame_alone and frames % r:
+            raise VideoForgeError(f"frames={frames}: must be a multiple of {r}.")
+        for name, v in (("width", width), ("height", height)):
+            if v % m or v <= 0:
+                lo = max(m, v // m * m)
+                raise VideoForgeError(f"{name}={v}: must be a positive multiple of {m}; "
+                                      f"use {lo} or {lo + m}.")
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.time_ratio + 1 if self.first_frame_alone \
+            else frames // self.time_ratio
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        return (latent_frames - 1) * self.time_ratio + 1 if self.first_frame_alone \
+            else latent_frames * self.time_ratio
+
+    def shape(self, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+        self.check(frames, height, width)
+        s = self.space_ratio
+        return (batch, self.channels, self.latent_frames(frames), height // s, width // s)
+
+
+class VideoModel(Protocol):
+    """A loaded diffusion network ready for the sampler."""
+    family: str              # e.g. "wan"
+    variant: str             # e.g. "t2v-1.3B"
+    latent: LatentFormat
+    prediction: str          # "flow" (velocity), "eps" or "v"
+    default_shift: float
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """x [B, C, T, H, W], sigma [B] in [0, 1] -> prediction like x."""
+        ...
+
+
+class VideoVAE(Protocol):
+    family: str
+    latent: LatentFormat
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None
+               ) -> torch.Tensor: ...
+
+
+class TextEncoder(Protocol):
+    family: str
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+def check_same_family(**parts: Any) -> None:
+    """Raise when e.g. a Wan model meets a HunyuanVideo VAE; names each part's family."""
+    fams = {name: getattr(p, "family", p) for name, p in parts.items() if p is not None}
+    if len(set(fams.values())) > 1:
+        desc = ", ".join(f"{n} is {f}" for n, f in fams.items())
+        raise VideoForgeError(f"mismatched model families: {desc}. Load matching files "
+                              "(model, VAE, text encoder and latent of one family).")

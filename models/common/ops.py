@@ -1,0 +1,102 @@
+"""Injected layer operations: weights may be stored in a different dtype than the one the
+math runs in (fp8 e4m3fn storage with bf16/fp32 compute, optional per-tensor scale as in
+ComfyUI's `*_fp8_scaled` files). Layers cast their weights to the activation dtype on use,
+so a model can be stored small and computed precise without a second copy in memory."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import VideoForgeError
+
+DTYPES = {
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+}
+
+
+def parse_dtype(name: str) -> torch.dtype | None:
+    """'auto' -> None (keep what the file has), else a torch dtype."""
+    if name == "auto":
+        return None
+    if name not in DTYPES:
+        raise VideoForgeError(f"dtype {name!r}: expected 'auto' or one of {list(DTYPES)}.")
+    return DTYPES[name]
+
+
+def _weight(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = layer.weight.to(device=x.device, dtype=x.dtype)
+    scale = getattr(layer, "scale_weight", None)
+    if scale is not None:
+        w = w * scale.to(device=x.device, dtype=x.dtype)
+    b = layer.bias.to(device=x.device, dtype=x.dtype) if layer.bias is not None else None
+    return w, b
+
+
+class Linear(nn.Linear):
+    """nn.Linear that computes in the input's dtype whatever the stored dtype."""
+    scale_weight: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == x.dtype and self.scale_weight is None:
+            return F.linear(x, self.weight, self.bias)
+        w, b = _weight(self, x)
+        return F.linear(x, w, b)
+
+
+class Conv3d(nn.Conv3d):
+    scale_weight: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == x.dtype and self.scale_weight is None:
+            return super().forward(x)
+        w, b = _weight(self, x)
+        return self._conv_forward(x, w, b)
+
+
+def storage_dtype_of(sd: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype most weight matrices of a state dict are stored in."""
+    counts: dict[torch.dtype, int] = {}
+    for v in sd.values():
+        if v.dim() >= 2:
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], what: str,
+                 storage: torch.dtype | None = None) -> None:
+    """Load `sd` into `module` strictly, keeping fp8 storage and per-tensor `scale_weight`s.
+
+    `storage`: dtype to keep 2-D+ weights in (None: as in the file); 1-D tensors (norms,
+    biases) are kept in float32 for accuracy.
+    Raises VideoForgeError naming missing / unexpected / mis-shaped keys.
+    """
+    own = module.state_dict()
+    scales = {k[: -len(".scale_weight")]: v for k, v in sd.items() if k.endswith(".scale_weight")}
+    sd = {k: v for k, v in sd.items() if not k.endswith(".scale_weight") and k != "scaled_fp8"}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if bad:
+            parts.append(f"{len(bad)} shape mismatches (e.g. {bad[:2]})")
+        raise VideoForgeError(f"{what}: checkpoint does not match the model: " + "; ".join(parts))
+    params = dict(module.named_parameters())
+    params.update(dict(module.named_buffers()))
+    for k, v in sd.items():
+        # Norm weights, biases and modulation tables are tiny: keep them in float32.
+        v = (v.to(storage) if storage is not None else v) if v.dim() >= 2 else v.float()
+        params[k].data = v
+    mods = dict(module.named_modules())
+    for name, s in scales.items():
+        m = mods.get(name)
+        if m is None:
+            raise VideoForgeError(f"{what}: scale for unknown layer {name!r}.")
+        m.scale_weight = s.float()

@@ -1,0 +1,64 @@
+"""The sampling loop shared by every model family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..common.errors import VideoForgeError
+from .noise import noise_latent
+from .solvers import History, clamp_for_log_snr, get_solver
+
+# model_fn(x, sigma) -> velocity; the model's timestep is sigma * 1000 (see schedules.py).
+ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
+# callback(step, total, x, x0_pred); raising from it aborts sampling (e.g. user interrupt).
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).detach().cpu()
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise VideoForgeError(f"sigmas must be 1-D with at least 2 values, got shape {tuple(sigmas.shape)}")
+    if (sigmas[1:] > sigmas[:-1]).any() or sigmas[0] > 1 or sigmas[-1] < 0:
+        raise VideoForgeError(f"sigmas must decrease within [0, 1], got {sigmas.tolist()}")
+    return sigmas
+
+
+def sample(
+    model_fn: ModelFn,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor | Sequence[float],
+    solver: str,
+    *,
+    x_init: torch.Tensor | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Integrate the flow ODE from ``sigmas[0]`` to ``sigmas[-1]`` with one model call per step.
+
+    The start is ``(1 - sigmas[0]) * x_init + sigmas[0] * noise`` (``x_init`` defaults to zeros, so
+    a full denoise starts from the noise itself). The latent is kept in at least float32 whatever
+    the model computes in. ``callback`` runs after each model call with the step index, the step
+    count, the latent the model saw and its data prediction ``x - sigma * v``.
+    """
+    step, needs_finite_log_snr = get_solver(solver)
+    sigmas = _check_sigmas(sigmas)
+    dtype = torch.promote_types(noise.dtype, torch.float32)
+    noise = noise.to(dtype)
+    if x_init is None:
+        x = sigmas[0].item() * noise
+    else:
+        x = noise_latent(x_init.to(device=noise.device, dtype=dtype), noise, sigmas[0].item())
+    if needs_finite_log_snr:
+        sigmas = clamp_for_log_snr(sigmas)
+
+    sigma_list = sigmas.tolist()  # float32 values as Python floats, for exact scalar arithmetic
+    total = len(sigma_list) - 1
+    history = History()
+    for i in range(total):
+        sigma = sigma_list[i]
+        v = model_fn(x, sigma).to(dtype)
+        if callback is not None:
+            callback(i, total, x, x - sigma * v)
+        x, history = step(x, v, sigma_list, i, history)
+    return x

@@ -1,0 +1,129 @@
+"""Wan2.1 behind the family interface (`models.common.family`): the sampler and the nodes see
+a `WanVideoModel`, a `WanVideoVAE` and a `WanTextEncoder`, never Wan internals."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..common.errors import VideoForgeError
+from ..common.family import LatentFormat
+from ..common.ops import load_weights, storage_dtype_of
+from ..common.rope import rope_table
+from .convert import is_wan_dit, normalize_dit_keys
+from .model import WanConfig, WanModel
+
+FAMILY = "wan"
+LATENT = LatentFormat(channels=16, time_ratio=4, space_ratio=8, first_frame_alone=True,
+                      size_multiple=16)
+
+
+def compute_dtype_for(storage: torch.dtype, device: torch.device) -> torch.dtype:
+    """fp8 / half storage computes in bf16 on GPUs; on CPU everything computes in fp32
+    (CPU half matmuls are slow and fp16 overflows in Wan's activations)."""
+    if device.type == "cpu":
+        return torch.float32
+    if storage in (torch.float16, torch.float32):
+        return storage
+    return torch.bfloat16
+
+
+class WanVideoModel:
+    """Wan DiT + where and in what dtype it runs. `denoise` predicts flow velocity."""
+    family = FAMILY
+    latent = LATENT
+    prediction = "flow"
+    default_shift = 5.0
+
+    def __init__(self, dit: WanModel, name: str = "") -> None:
+        self.dit = dit.eval().requires_grad_(False)
+        self.name = name
+        self.compute_dtype = torch.float32
+        self.device = torch.device("cpu")
+
+    @property
+    def variant(self) -> str:
+        return f"{self.dit.cfg.model_type}-{self.dit.cfg.size_name}"
+
+    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "WanVideoModel":
+        self.device = torch.device(device)
+        storage = storage_dtype_of(dict(self.dit.named_parameters()))
+        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
+        self.dit.to(self.device)
+        return self
+
+    def check_cond(self, cond: dict[str, Any]) -> None:
+        if cond.get("family", FAMILY) != FAMILY:
+            raise VideoForgeError(f"conditioning is from a {cond['family']} text encoder but the "
+                                  "model is Wan2.1; use the Wan UMT5 text encoder.")
+        want = self.dit.cfg.text_dim
+        got = cond["context"].shape[-1]
+        if got != want:
+            raise VideoForgeError(f"text embeddings are {got} wide but this Wan model expects "
+                                  f"{want}; load the matching UMT5 text encoder.")
+
+    @torch.inference_mode()
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """x [B, 16, T, H, W], sigma [B] -> velocity [B, 16, T, H, W] (float32)."""
+        dt, dev = self.compute_dtype, self.device
+        ctx = cond["context"].to(dev, dt)
+        if ctx.shape[0] != x.shape[0]:
+            ctx = ctx.expand(x.shape[0], *ctx.shape[1:])
+        extra = {k: cond[k].to(dev, dt) for k in ("clip", "y") if cond.get(k) is not None}
+        v = self.dit(x.to(dev, dt), (sigma * 1000).to(dev, torch.float32), ctx, **extra)
+        return v.float()
+
+
+def build_dit(sd: dict[str, torch.Tensor], name: str, storage: torch.dtype | None) -> WanVideoModel:
+    sd = normalize_dit_keys(sd)
+    if not is_wan_dit(sd):
+        raise VideoForgeError(f"{name}: not a Wan2.1 diffusion model.")
+    cfg = WanConfig.infer(sd)
+    with torch.device("meta"):
+        dit = WanModel(cfg)
+    # Built on "meta" so a 14B model never allocates a throw-away fp32 copy; weights are then
+    # taken over from the (memory-mapped) file, and the rope table, not stored, is rebuilt.
+    dit = dit.to_empty(device="cpu")
+    dit.freqs = rope_table(cfg.dim // cfg.num_heads)
+    load_weights(dit, sd, name, storage=storage)
+    return WanVideoModel(dit, name)
+
+
+class WanVideoVAE:
+    """Wan VAE with the family interface; video in/out as [B, 3, F, H, W] in [-1, 1]."""
+    family = FAMILY
+    latent = LATENT
+
+    def __init__(self, vae: torch.nn.Module, name: str = "") -> None:
+        self.vae = vae.eval().requires_grad_(False)
+        self.name = name
+        self.device = torch.device("cpu")
+        self.dtype = next(vae.parameters()).dtype
+
+    def to(self, device: torch.device | str) -> "WanVideoVAE":
+        self.device = torch.device(device)
+        self.vae.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(video.to(self.device, self.dtype)).float()
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        return self.vae.decode(latent.to(self.device, self.dtype), callback=callback).float()
+
+
+class WanTextEncoder:
+    """UMT5-XXL; `encode` returns conditioning for the Wan DiT: context [B, 512, 4096]."""
+    family = FAMILY
+
+    def __init__(self, te: Any, name: str = "") -> None:
+        self.te = te
+        self.name = name
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> dict[str, Any]:
+        ctx, lens = self.te.encode(prompts)
+        return {"family": FAMILY, "context": ctx.float().cpu(), "lengths": lens.cpu()}

@@ -1,0 +1,76 @@
+"""Load Video Model / Load Video VAE / Load Text Encoder."""
+from __future__ import annotations
+
+from ..models import loader
+from ..models.common.attention import BACKENDS
+from .bridge import CATEGORY, files, resolve
+
+DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
+
+
+class LoadVideoModel:
+    DISPLAY_NAME = "Load Video Model"
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("VF_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a video diffusion model from models/diffusion_models. The family and "
+                   "variant (e.g. Wan2.1 T2V 1.3B) are detected from the file's keys.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (files("diffusion_models"), {"tooltip": "e.g. wan2.1_t2v_1.3B_fp16.safetensors"}),
+            "dtype": (DTYPES, {"default": "auto", "tooltip": "Storage dtype of the weights. auto keeps "
+                               "the file's; fp8_e4m3fn halves memory, math still runs in bf16/fp32."}),
+            "attention": (list(BACKENDS), {"default": "auto",
+                                           "tooltip": "auto: SageAttention on CUDA when installed, else PyTorch SDPA."}),
+        }}
+
+    def load(self, model_name: str, dtype: str, attention: str):
+        return (loader.load_video_model(resolve("diffusion_models", model_name), dtype, attention),)
+
+
+class LoadVideoVAE:
+    DISPLAY_NAME = "Load Video VAE"
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("VF_VAE",)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+    DESCRIPTION = "Loads a video VAE from models/vae (e.g. wan_2.1_vae.safetensors)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (files("vae"),),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
+                      "tooltip": "auto: fp32 on CPU, bf16 on GPU."}),
+        }}
+
+    def load(self, vae_name: str, dtype: str):
+        return (loader.load_video_vae(resolve("vae", vae_name), dtype),)
+
+
+class LoadTextEncoder:
+    DISPLAY_NAME = "Load Text Encoder"
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("VF_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a text encoder from models/text_encoders (e.g. umt5_xxl_fp16.safetensors "
+                   "or umt5_xxl_fp8_e4m3fn_scaled.safetensors for Wan2.1).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder_name": (files("text_encoders"),),
+            "dtype": (["auto", "bf16", "fp32"], {"default": "auto",
+                      "tooltip": "auto: fp32 on CPU, bf16 on GPU (UMT5 overflows in fp16)."}),
+        }}
+
+    def load(self, text_encoder_name: str, dtype: str):
+        return (loader.load_text_encoder(resolve("text_encoders", text_encoder_name), dtype),)
+
+
+NODES = {"VFLoadVideoModel": LoadVideoModel, "VFLoadVideoVAE": LoadVideoVAE,
+         "VFLoadTextEncoder": LoadTextEncoder}
