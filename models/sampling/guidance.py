@@ -26,7 +26,8 @@ def _cat_cond(cond: Any, uncond: Any) -> Any:
         return torch.cat([cond, uncond])
     if isinstance(cond, dict) and isinstance(uncond, dict) and cond.keys() == uncond.keys():
         return {k: _cat_cond(cond[k], uncond[k]) for k in cond}
-    if isinstance(cond, (list, tuple)) and isinstance(uncond, (list, tuple)) and len(cond) == len(uncond):
+    same_kind_sequences = isinstance(cond, (list, tuple)) and isinstance(uncond, (list, tuple))
+    if same_kind_sequences and len(cond) == len(uncond):
         return type(cond)(_cat_cond(a, b) for a, b in zip(cond, uncond))
     if cond is uncond or cond == uncond:
         return cond

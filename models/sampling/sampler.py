@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,13 +14,26 @@ from .solvers import History, clamp_for_log_snr, get_solver
 # model_fn(x, sigma) -> velocity; the model's timestep is sigma * 1000 (see schedules.py).
 ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
 # callback(step, total, x, x0_pred); raising from it aborts sampling (e.g. user interrupt).
+
+# The reference multistep schedulers (official Wan's FlowUniPC / FlowDPM++, diffusers' UniPC and
+# DPM-Solver) hand the network int64 timesteps, i.e. sigma * 1000 truncated, while their solver
+# math uses the exact sigma. `generate()` applies this to the network's input so those solvers
+# match the reference outputs; `sample()` itself stays exact.
+INTEGER_TIMESTEP_SOLVERS = frozenset({"unipc", "dpm++_2m"})
+
+
+def model_sigma(sigma: float, solver: str) -> float:
+    """The sigma the network sees for a solver step (see INTEGER_TIMESTEP_SOLVERS)."""
+    return math.floor(sigma * 1000) / 1000 if solver in INTEGER_TIMESTEP_SOLVERS else sigma
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).detach().cpu()
     if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise VideoForgeError(f"sigmas must be 1-D with at least 2 values, got shape {tuple(sigmas.shape)}")
+        raise VideoForgeError(
+            f"sigmas must be 1-D with at least 2 values, got shape {tuple(sigmas.shape)}"
+        )
     if (sigmas[1:] > sigmas[:-1]).any() or sigmas[0] > 1 or sigmas[-1] < 0:
         raise VideoForgeError(f"sigmas must decrease within [0, 1], got {sigmas.tolist()}")
     return sigmas
@@ -34,7 +48,7 @@ def sample(
     x_init: torch.Tensor | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Integrate the flow ODE from ``sigmas[0]`` to ``sigmas[-1]`` with one model call per step.
+    """Integrate the flow ODE along ``sigmas`` (used as float32) with one model call per step.
 
     The start is ``(1 - sigmas[0]) * x_init + sigmas[0] * noise`` (``x_init`` defaults to zeros, so
     a full denoise starts from the noise itself). The latent is kept in at least float32 whatever

@@ -37,7 +37,7 @@ def sigma_to_timestep(sigma: float | torch.Tensor) -> float | torch.Tensor:
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
-    """Time shift ``shift * s / (1 + (shift - 1) * s)``: shift > 1 spends more steps at high noise."""
+    """``shift * s / (1 + (shift - 1) * s)``: shift > 1 spends more of the steps at high noise."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 

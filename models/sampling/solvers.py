@@ -18,7 +18,7 @@ import torch
 
 from ..common.errors import VideoForgeError
 
-# log-SNR is -inf at sigma 1, so the log-SNR solvers start from just below it, like diffusers' UniPC.
+# log-SNR is -inf at sigma 1, so the log-SNR solvers start just below it, like diffusers' UniPC.
 MAX_LOG_SNR_SIGMA = 1.0 - 1e-6
 
 
@@ -31,7 +31,10 @@ class History:
     order: int = 0  # UniPC: order of its last predictor, reused by the corrector
 
 
-Step = Callable[[torch.Tensor, torch.Tensor, Sequence[float], int, History], tuple[torch.Tensor, History]]
+# step(x, v, sigmas, i, history) -> (x at sigmas[i + 1], history for step i + 1)
+Step = Callable[
+    [torch.Tensor, torch.Tensor, Sequence[float], int, History], tuple[torch.Tensor, History]
+]
 
 
 def log_snr(sigma: float) -> float:
@@ -43,12 +46,16 @@ def log_snr(sigma: float) -> float:
     return math.log1p(-sigma) - math.log(sigma)
 
 
-def euler(x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History) -> tuple[torch.Tensor, History]:
-    """First-order flow ODE step, as FlowMatchEulerDiscreteScheduler: x + (sigma_next - sigma) * v."""
+def euler(
+    x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History
+) -> tuple[torch.Tensor, History]:
+    """First-order flow ODE step (FlowMatchEulerDiscreteScheduler): x + (sigma_next - sigma) * v."""
     return x + (sigmas[i + 1] - sigmas[i]) * v, history
 
 
-def dpmpp_2m(x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History) -> tuple[torch.Tensor, History]:
+def dpmpp_2m(
+    x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History
+) -> tuple[torch.Tensor, History]:
     """DPM-Solver++(2M), midpoint form, first order on the first and the last step.
 
     The last step is first order because diffusers drops to it whenever the final sigma is 0
@@ -114,7 +121,9 @@ def _unipc_update(
     return x_t
 
 
-def unipc(x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History) -> tuple[torch.Tensor, History]:
+def unipc(
+    x: torch.Tensor, v: torch.Tensor, sigmas: Sequence[float], i: int, history: History
+) -> tuple[torch.Tensor, History]:
     """UniPC (bh2, predict_x0, order 2, lower_order_final) as diffusers' Wan configuration.
 
     Each step first corrects the latent the previous predictor produced, using the model output

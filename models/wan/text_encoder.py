@@ -265,8 +265,14 @@ def _wan_to_hf(sd: dict) -> dict:
     return out
 
 
-def _dequant_scaled_fp8(sd: dict) -> dict:
-    """ComfyUI scaled fp8: `<layer>.weight` (float8) * `<layer>.scale_weight` -> float32."""
+def _target_dtype(key: str, dtype: torch.dtype) -> torch.dtype:
+    """Compute dtype of one weight: float16 keeps the FFN output projections in float32."""
+    return torch.float32 if dtype == torch.float16 and key.endswith("DenseReluDense.wo.weight") else dtype
+
+
+def _dequant_scaled_fp8(sd: dict, dtype: torch.dtype) -> dict:
+    """ComfyUI scaled fp8: `<layer>.weight` (float8) * `<layer>.scale_weight`, computed in float32
+    one tensor at a time and stored in the compute dtype (peak memory: one float32 layer)."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k == "scaled_fp8" or k.endswith(".scale_weight") or k.endswith(".scale_input"):
@@ -280,7 +286,7 @@ def _dequant_scaled_fp8(sd: dict) -> dict:
                     if s.numel() > 1 and s.numel() == w.shape[0]:
                         s = s.reshape(-1, *([1] * (w.ndim - 1)))
                     w = w * s
-            v = w
+            v = w.to(_target_dtype(k, dtype))
         out[k] = v
     return out
 
@@ -373,8 +379,7 @@ class UMT5TextEncoder(nn.Module):
             v = sd[k]
             if not v.is_floating_point():
                 raise VideoForgeError(f"{where}: '{k}' has dtype {v.dtype}; expected floating point weights.")
-            keep32 = dtype == torch.float16 and k.endswith("DenseReluDense.wo.weight")
-            weights[k] = v.to(torch.float32 if keep32 else dtype).contiguous()
+            weights[k] = v.to(_target_dtype(k, dtype)).contiguous()
         weights["encoder.embed_tokens.weight"] = weights["shared.weight"]
 
         config._attn_implementation = "eager"
@@ -443,6 +448,9 @@ def load_text_encoder(path: str, dtype: torch.dtype | None = None,
     move it with `.to(device)` or pass `device=` to `encode`.
     """
     path = os.fspath(path)
+    if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise VideoForgeError(f"{path}: compute dtype {dtype} not supported; use float32, bfloat16 or float16 "
+                              "(fp8 files are dequantised to one of these).")
     raw = load_state_dict(path)
     sd = _strip(raw)
     if detect_text_encoder(sd) != "umt5":
@@ -453,7 +461,7 @@ def load_text_encoder(path: str, dtype: torch.dtype | None = None,
         sd = _wan_to_hf(sd)
     if "scaled_fp8" in sd or any(k.endswith(".scale_weight") for k in sd) or any(
             v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for v in sd.values()):
-        sd = _dequant_scaled_fp8(sd)
+        sd = _dequant_scaled_fp8(sd, dtype or default_dtype())
 
     tok = None
     if tokenizer_path is None and "spiece_model" in sd:

@@ -56,6 +56,7 @@ def run_diffusers(scheduler, model, noise: torch.Tensor) -> torch.Tensor:
     x = noise.clone()
     for i, t in enumerate(scheduler.timesteps):
         # The model sees the scheduler's own sigma, i.e. the same value our loop passes.
+        # (Pipelines truncate the network's timestep for UniPC / DPM; that is generate()'s job.)
         v = model(x, scheduler.sigmas[i].item())
         x = scheduler.step(v, t, x, return_dict=False)[0]
     return x

@@ -210,3 +210,26 @@ def test_low_precision_dtypes(tmp_path):
         print(f"{dt}: max rel err vs fp32 {err:.2e}")
         assert err < tol
         assert ctx[0, lens[0]:].abs().max().item() == 0.0
+
+
+def test_tokenizer_json_folder_and_fp8_fp16(tmp_path):
+    """A google/umt5-xxl folder with only tokenizer.json (the `tokenizers` backend) gives the same ids;
+    the scaled-fp8 file dequantises straight into float16 with `wo` kept in float32."""
+    spm_bytes = train_spm()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    hf_reference_tokenizer(spm_bytes)._tokenizer.save(str(folder / "tokenizer.json"))
+    from_json = UMT5Tokenizer.from_folder(str(folder))
+    ours = UMT5Tokenizer(spm_bytes=spm_bytes)
+    for t in PROMPTS + ["</s> x", " ".join(["word"] * 700)]:
+        assert from_json.encode(t) == ours.encode(t)
+
+    info = write_umt5(str(tmp_path / FORMATS["comfy_fp8_scaled"]), fmt="comfy_fp8_scaled", seed=5)
+    enc = load_text_encoder(info["path"], dtype=torch.float16)
+    ffn = enc.model.encoder.block[1].layer[1].DenseReluDense
+    assert ffn.wo.weight.dtype == torch.float32 and ffn.wi_0.weight.dtype == torch.float16
+    ref, _ = _reference_context(info, PROMPTS[:1])
+    ctx, lens = enc.encode(PROMPTS[:1])
+    assert _rel_err(ctx.float()[0, :lens[0]], ref[0, :lens[0]]) < 1e-2
+    with pytest.raises(VideoForgeError, match="not supported"):
+        load_text_encoder(info["path"], dtype=torch.int8)

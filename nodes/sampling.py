@@ -1,0 +1,54 @@
+"""Sample Video."""
+from __future__ import annotations
+
+from ..models.common.family import check_same_family
+from ..models.sampling import SOLVERS
+from ..models.sampling.video import generate
+from .bridge import CATEGORY, Progress, device, free_memory, offload_device
+
+
+class SampleVideo:
+    DISPLAY_NAME = "Sample Video"
+    CATEGORY = f"{CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    DESCRIPTION = ("Denoises a latent video with classifier-free guidance. The noise comes from "
+                   "the seed alone (drawn on the CPU), so a seed gives the same video on any device.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("VF_MODEL",),
+            "conditioning": ("VF_CONDITIONING",),
+            "latent": ("LATENT",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "control_after_generate": True}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 200}),
+            "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Guidance scale; 1.0 skips the negative prompt (2x faster)."}),
+            "sampler": (list(SOLVERS), {"default": "unipc"}),
+            "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow shift of the sigma schedule (Wan2.1: 3 for 480p, 5 for 720p)."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }}
+
+    def sample(self, model, conditioning, latent, seed: int, steps: int, cfg: float,
+               sampler: str, shift: float, denoise: float):
+        check_same_family(model=model, conditioning=conditioning["family"],
+                          latent=latent.get("vf_family", model.family))
+        model.check_cond(conditioning["positive"])
+        bar = Progress(steps)
+        model.to(device())
+        try:
+            out = generate(model, latent["samples"], conditioning["positive"],
+                           conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
+                           solver=sampler, shift=shift, denoise=denoise,
+                           extra=latent.get("vf_cond"),
+                           callback=lambda i, n, *_: bar(i + 1, n))
+        finally:
+            model.to(offload_device())
+            free_memory()
+        return ({**latent, "samples": out.to(offload_device())},)
+
+
+NODES = {"VFSampleVideo": SampleVideo}
