@@ -91,5 +91,6 @@ def load_video_vae(path: str, dtype: str = "auto") -> wan.WanVideoVAE:
 
 def load_text_encoder(path: str, dtype: str = "auto") -> wan.WanTextEncoder:
     from .wan.text_encoder import load_text_encoder as load_umt5
-    _read(path, "text_encoder")  # identify first for a clear error on the wrong kind of file
-    return wan.WanTextEncoder(load_umt5(path, dtype=parse_dtype(dtype)), os.path.basename(path))
+    sd = _read(path, "text_encoder")
+    return wan.WanTextEncoder(load_umt5(path, dtype=parse_dtype(dtype), state_dict=sd),
+                              os.path.basename(path))

@@ -1,7 +1,7 @@
 """Encode Prompt."""
 from __future__ import annotations
 
-from .bridge import CATEGORY
+from .bridge import CATEGORY, device, free_memory, offload_device
 
 
 class EncodePrompt:
@@ -21,7 +21,12 @@ class EncodePrompt:
         }}
 
     def encode(self, text_encoder, positive: str, negative: str):
-        pos, neg = text_encoder.encode([positive]), text_encoder.encode([negative])
+        try:
+            pos = text_encoder.encode([positive], device=device())
+            neg = text_encoder.encode([negative], device=device())
+        finally:
+            text_encoder.to(offload_device())
+            free_memory()
         return ({"family": text_encoder.family, "positive": pos, "negative": neg},)
 
 

@@ -70,7 +70,11 @@ class WanVideoModel:
         if ctx.shape[0] != x.shape[0]:
             ctx = ctx.expand(x.shape[0], *ctx.shape[1:])
         extra = {k: cond[k].to(dev, dt) for k in ("clip", "y") if cond.get(k) is not None}
-        v = self.dit(x.to(dev, dt), (sigma * 1000).to(dev, torch.float32), ctx, **extra)
+        lens = cond.get("lengths")
+        if lens is not None and lens.shape[0] != x.shape[0]:
+            lens = lens.expand(x.shape[0])
+        v = self.dit(x.to(dev, dt), (sigma * 1000).to(dev, torch.float32), ctx,
+                     context_lens=lens, **extra)
         return v.float()
 
 
@@ -124,6 +128,11 @@ class WanTextEncoder:
         self.name = name
 
     @torch.inference_mode()
-    def encode(self, prompts: list[str]) -> dict[str, Any]:
-        ctx, lens = self.te.encode(prompts)
+    def encode(self, prompts: list[str], device: torch.device | str | None = None) -> dict[str, Any]:
+        """-> {"context": [B, 512, 4096] float32 on CPU (zero past each prompt's length)}."""
+        ctx, lens = self.te.encode(prompts, device=device)
         return {"family": FAMILY, "context": ctx.float().cpu(), "lengths": lens.cpu()}
+
+    def to(self, device: torch.device | str) -> "WanTextEncoder":
+        self.te.to(device)
+        return self

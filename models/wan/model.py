@@ -100,15 +100,18 @@ class Attention(nn.Module):
         return x.unflatten(2, (self.heads, -1))
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None,
-                freqs: torch.Tensor | None = None, img_len: int = 0) -> torch.Tensor:
-        """x [B, L, C]; ctx [B, img_len + Lt, C] or None (self-attention); freqs [L, 1, D/2]."""
+                freqs: torch.Tensor | None = None, img_len: int = 0,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, C]; ctx [B, img_len + Lt, C] or None (self-attention); freqs [L, 1, D/2];
+        bias [B, Lt] additive logits for the text keys (see `WanModel.text_context`)."""
         src = x if ctx is None else ctx[:, img_len:]
         q = self._split(self.norm_q(self.q(x)))
         k = self._split(self.norm_k(self.k(src)))
         v = self._split(self.v(src))
         if freqs is not None:
             q, k = apply_rope(q, freqs), apply_rope(k, freqs)
-        out = attention(q, k, v, backend=self.backend)
+        mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
+        out = attention(q, k, v, mask=mask, backend=self.backend)
         if img_len:
             img = ctx[:, :img_len]
             k_img = self._split(self.norm_k_img(self.k_img(img)))
@@ -131,14 +134,14 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ctx: torch.Tensor, freqs: torch.Tensor,
-                img_len: int) -> torch.Tensor:
+                img_len: int, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, L, C]; e [B, 6, C] float32 time modulation; ctx [B, Lc, C]."""
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).chunk(6, 1)
         dt = x.dtype
         # The modulation arithmetic runs in float32 as in the reference (it is cheap, bf16 drifts).
         y = self.self_attn((self.norm1(x).float() * (1 + scale) + shift).to(dt), freqs=freqs)
         x = (x.float() + y.float() * gate).to(dt)
-        x = x + self.cross_attn(self.norm3(x), ctx, img_len=img_len)
+        x = x + self.cross_attn(self.norm3(x), ctx, img_len=img_len, bias=bias)
         y = self.ffn((self.norm2(x).float() * (1 + c_scale) + c_shift).to(dt))
         return (x.float() + y.float() * c_gate).to(dt)
 
@@ -194,13 +197,37 @@ class WanModel(nn.Module):
             if isinstance(m, Attention):
                 m.backend = backend
 
+    def text_context(self, context: torch.Tensor, lengths: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embed the text, collapsing the zero padding to ONE key with a log-count bias.
+
+        The reference pads every prompt with zeros to text_len (512) and attends to all of them.
+        Padding tokens embed to identical keys / values, so attending to n copies equals attending
+        to one copy whose logit is raised by log(n): same result, without projecting and
+        attending ~500 redundant tokens in every block.
+        Returns context [B, Lmax + 1, dim] and bias [B, Lmax + 1] (None when nothing is padded).
+        """
+        b, n = context.shape[:2]
+        lens = torch.full((b,), n, dtype=torch.long) if lengths is None else lengths.cpu().long().clamp(max=n)
+        lmax = int(lens.max())
+        if lmax >= self.cfg.text_len:
+            return self.text_embedding(context[:, : self.cfg.text_len]), None
+        ctx = torch.cat([context[:, :lmax], context.new_zeros(b, 1, context.shape[2])], dim=1)
+        pos = torch.arange(lmax + 1)
+        bias = torch.where(pos[None] < lens[:, None], 0.0, float("-inf"))
+        bias[:, lmax] = torch.log((self.cfg.text_len - lens).double()).float()
+        return self.text_embedding(ctx), bias.to(context.device)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                clip: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+                clip: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                context_lens: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             x: [B, in_dim - y_ch, F, H, W] noisy latent (H, W divisible by the patch)
             t: [B] timesteps (sigma * 1000)
-            context: [B, Lt <= text_len, text_dim] text embeddings (zero padded)
+            context: [B, Lt <= text_len, text_dim] text embeddings, zero past each prompt
+            context_lens: [B] real prompt lengths (None: all Lt tokens are real; anything up to
+                text_len is zero padding either way, as in the reference)
             clip: [B, 257 (or 514), image_dim] CLIP-H tokens for I2V / FLF2V
             y: [B, y_ch, F, H, W] I2V conditioning (mask 4 + image latent 16), concatenated
         Returns:
@@ -218,10 +245,7 @@ class WanModel(nn.Module):
         e = self.time_embedding(timestep_embedding(t, self.cfg.freq_dim).to(wdt)).float()
         e0 = self.time_projection(e.to(wdt)).float().unflatten(1, (6, -1))  # [B, 6, C]
 
-        if context.shape[1] < self.cfg.text_len:  # pad with zeros as the reference does
-            context = torch.cat([context, context.new_zeros(
-                b, self.cfg.text_len - context.shape[1], context.shape[2])], dim=1)
-        ctx = self.text_embedding(context.to(wdt))
+        ctx, bias = self.text_context(context.to(wdt), context_lens)
         img_len = 0
         if self.cfg.image_dim is not None:
             if clip is None:
@@ -232,7 +256,7 @@ class WanModel(nn.Module):
             ctx = torch.cat([img, ctx], dim=1)
 
         for block in self.blocks:
-            x = block(x, e0, ctx, freqs, img_len)
+            x = block(x, e0, ctx, freqs, img_len, bias)
         x = self.head(x, e)
         return self.unpatchify(x, grid)
 

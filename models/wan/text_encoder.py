@@ -441,17 +441,19 @@ def _find_tokenizer(path: str, tokenizer_path: str | None) -> UMT5Tokenizer | No
 
 
 def load_text_encoder(path: str, dtype: torch.dtype | None = None,
-                      tokenizer_path: str | None = None) -> UMT5TextEncoder:
+                      tokenizer_path: str | None = None,
+                      state_dict: dict | None = None) -> UMT5TextEncoder:
     """Load a UMT5-XXL text encoder file (see the module docstring for the accepted layouts).
 
     dtype: compute dtype (None: bfloat16 on CUDA, float32 on CPU). The model stays on the CPU;
-    move it with `.to(device)` or pass `device=` to `encode`.
+    move it with `.to(device)` or pass `device=` to `encode`. `state_dict`: the file's tensors
+    when the caller has already read them (the file is then not read again).
     """
     path = os.fspath(path)
     if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise VideoForgeError(f"{path}: compute dtype {dtype} not supported; use float32, bfloat16 or float16 "
                               "(fp8 files are dequantised to one of these).")
-    raw = load_state_dict(path)
+    raw = state_dict if state_dict is not None else load_state_dict(path)
     sd = _strip(raw)
     if detect_text_encoder(sd) != "umt5":
         raise VideoForgeError(f"{path}: not a UMT5 text encoder: {_what_is_it(sd)}. Expected "

@@ -549,3 +549,56 @@ def find_node(api: dict, class_type: str) -> tuple[str, dict]:
 
 def clone(api: dict) -> dict:
     return copy.deepcopy(api)
+
+
+# ---------------------------------------------------------------------- tiny checkpoints
+TINY_NAMES = {"model": "tiny_wan_t2v.safetensors", "vae": "tiny_wan_vae.safetensors",
+              "text_encoder": "tiny_umt5.safetensors"}
+
+
+def _fixtures():
+    """The tests/fixtures writers (imported like tests/conftest.py does)."""
+    for p in (REPO_ROOT, os.path.join(REPO_ROOT, "tests")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import importlib
+    return (importlib.import_module("fixtures.wan_dit"), importlib.import_module("fixtures.wan_vae"),
+            importlib.import_module("fixtures.umt5"))
+
+
+def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
+    """Write a tiny RANDOM-weight Wan2.1 T2V set (DiT, VAE, UMT5) into a ComfyUI models dir.
+    Returns {part: file path}. The videos they make are noise-like: they prove the plumbing."""
+    wan_dit, wan_vae, umt5 = _fixtures()
+    paths = {"model": os.path.join(models_dir, "diffusion_models", TINY_NAMES["model"]),
+             "vae": os.path.join(models_dir, "vae", TINY_NAMES["vae"]),
+             "text_encoder": os.path.join(models_dir, "text_encoders", TINY_NAMES["text_encoder"])}
+    for p in paths.values():
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+    wan_dit.write_wan_dit(paths["model"], seed=seed, layout="comfy")
+    wan_vae.write_wan_vae(paths["vae"], dim=16, seed=seed, fmt="safetensors")
+    umt5.write_umt5(paths["text_encoder"], fmt="comfy", seed=seed)
+    # write_umt5 leaves a spiece_<fmt>.model next to the file: not a checkpoint, keep the folder clean
+    spm = os.path.join(os.path.dirname(paths["text_encoder"]), "spiece_comfy.model")
+    if os.path.exists(spm):
+        os.unlink(spm)
+    return paths
+
+
+def tiny_t2v_prompt(server: "ComfyServer", workflow_path: str | None = None, *, width: int = 64,
+                    height: int = 64, frames: int = 9, steps: int = 3, seed: int | None = None,
+                    prefix: str | None = None) -> dict:
+    """workflows/wan21_t2v.json as an API prompt, with the tiny file names and a small size."""
+    path = workflow_path or os.path.join(REPO_ROOT, "workflows", "wan21_t2v.json")
+    with open(path, encoding="utf-8") as f:
+        api = server.ui_to_api(json.load(f))
+    set_inputs(api, "VFLoadVideoModel", model_name=TINY_NAMES["model"])
+    set_inputs(api, "VFLoadVideoVAE", vae_name=TINY_NAMES["vae"])
+    set_inputs(api, "VFLoadTextEncoder", text_encoder_name=TINY_NAMES["text_encoder"])
+    set_inputs(api, "VFEmptyVideoLatent", width=width, height=height, frames=frames)
+    set_inputs(api, "VFSampleVideo", steps=steps)
+    if seed is not None:
+        set_inputs(api, "VFSampleVideo", seed=seed)
+    if prefix is not None:
+        set_inputs(api, "SaveVideo", filename_prefix=prefix)
+    return api

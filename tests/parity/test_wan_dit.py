@@ -55,3 +55,23 @@ def test_fp8_storage_close_to_fp32(tmp_path):
     b = fp8.denoise(x, t / 1000, {"context": ctx})
     # fp8 keeps ~2 significant digits per weight: close, but not equal.
     assert 0 < _rel(b, a) < 0.1
+
+
+def test_collapsed_padding_equals_full_512_context(tmp_path):
+    """Padding collapse (one key with a log-count bias) == attending all 512 padded tokens,
+    also for a batch whose prompts have different lengths."""
+    path = str(tmp_path / "wan.safetensors")
+    write_wan_dit(path, seed=5)
+    dit = load_video_model(path).dit
+    x, t, _ = _inputs(2)
+    g = torch.Generator().manual_seed(9)
+    lens = torch.tensor([5, 12])
+    full = torch.zeros(2, 512, 32)
+    for i, n in enumerate(lens):
+        full[i, :n] = torch.randn(int(n), 32, generator=g)
+    with torch.no_grad():
+        ref = dit(x, t, full)                                  # 512 tokens, no lengths
+        got = dit(x, t, full[:, :12], context_lens=lens)       # collapsed
+        ctx_c, bias = dit.text_context(full[:, :12], lens)
+    assert ctx_c.shape[1] == 13 and bias is not None and torch.isinf(bias[0, 5:12]).all()
+    assert _rel(got, ref) <= 1e-5
