@@ -158,6 +158,7 @@ def test_bad_input_gives_clear_error(comfy, case):
     edit(api, comfy)
     result = comfy.run(api, timeout=300)
     assert result["status"] in ("rejected", "error"), f"{case}: expected a failure, got {result}"
+    print(f"\n[{case}] {result['status']}: {result.get('node_type')} {result['error']}")
     msg = result["error"] or ""
     if result["status"] == "error":
         msg = result.get("exception_message") or msg
