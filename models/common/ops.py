@@ -73,8 +73,14 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], what: str,
     Raises VideoForgeError naming missing / unexpected / mis-shaped keys.
     """
     own = module.state_dict()
-    scales = {k[: -len(".scale_weight")]: v for k, v in sd.items() if k.endswith(".scale_weight")}
-    sd = {k: v for k, v in sd.items() if not k.endswith(".scale_weight") and k != "scaled_fp8"}
+    def is_scale(k: str) -> bool:
+        return k == "scale_weight" or k.endswith(".scale_weight")
+
+    # layer name ("" for the module itself) -> its per-tensor fp8 scale
+    scales = {k[: -len("scale_weight")].rstrip("."): v for k, v in sd.items() if is_scale(k)}
+    # `scale_input` (ComfyUI fp8 files) only matters for fp8 matmuls; we compute in bf16/fp32.
+    sd = {k: v for k, v in sd.items()
+          if not is_scale(k) and k != "scaled_fp8" and not k.endswith("scale_input")}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
