@@ -107,10 +107,8 @@ def timed(fn: Forward) -> float:
 
 
 def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+    return int(next(ln for ln in Path("/proc/self/status").read_text().splitlines()
+                    if ln.startswith(field + ":")).split()[1])
 
 
 def peak_rss_growth_mb(fn: Forward) -> float:
@@ -118,32 +116,15 @@ def peak_rss_growth_mb(fn: Forward) -> float:
 
     malloc_trim first hands memory that glibc cached from earlier forwards back to the OS
     (otherwise a later framework reuses it and looks smaller); clear_refs=5 then resets VmHWM
-    so the mark covers this forward only. Falls back to 1 ms psutil sampling where /proc
-    does not allow it (the sampler can miss sub-millisecond peaks)."""
+    so the mark covers this forward only (Linux >= 4.0). Output and temporaries alive at the
+    peak all count: that is what the forward costs on top of the weights."""
     gc.collect()
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
-        timed(fn)
-        return (_status_kb("VmHWM") - base) / 1024
-    except OSError:
-        import threading
-        import psutil
-        proc, peak, done = psutil.Process(), [0], threading.Event()
-        base = proc.memory_info().rss
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.001)
-        th = threading.Thread(target=sample)
-        th.start()
-        timed(fn)
-        done.set()
-        th.join()
-        return (peak[0] - base) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS")
+    timed(fn)
+    return (_status_kb("VmHWM") - base) / 1024
 
 
 def matmul_gflops(m: int, k: int, n: int, reps: int = 10, mm: bool = False) -> float:
@@ -185,17 +166,15 @@ def profile_buckets(model: torch.nn.Module, fn: Forward, patches: dict[str, str]
                 return _orig(*a, **kw)
         setattr(mod, attr, wrapped)
         undo.append((mod, attr, orig))
+    def enter(mod: torch.nn.Module, _args) -> None:
+        mod._rf = record_function(mod._label)
+        mod._rf.__enter__()
     for m in model.modules():
         kind = type(m).__name__
-        label = "norm" if "Norm" in kind else "linear" if kind in ("Linear",) else None
-        if label:
-            def pre(mod, args, _l=label):
-                mod._rf = record_function(_l)
-                mod._rf.__enter__()
-
-            def post(mod, args, out):
-                mod._rf.__exit__(None, None, None)
-            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+        m._label = "norm" if "Norm" in kind else "linear" if kind == "Linear" else None
+        if m._label:
+            handles += [m.register_forward_pre_hook(enter),
+                        m.register_forward_hook(lambda mod, a, o: mod._rf.__exit__(None, None, None))]
     try:
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             with record_function("forward"):
@@ -209,6 +188,9 @@ def profile_buckets(model: torch.nn.Module, fn: Forward, patches: dict[str, str]
     buckets = {k: ev.get(k, 0.0) for k in ("linear", "attention", "rope", "norm")}
     buckets["other"] = ev["forward"] - sum(buckets.values())
     buckets["total"] = ev["forward"]
+    # dtype casts / copies cut across the buckets above (e.g. inside rope and norms): own figure.
+    buckets["copies_self"] = sum(e.self_cpu_time_total / 1e3 for e in prof.key_averages()
+                                 if e.key in ("aten::copy_", "aten::clone"))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return buckets
 
@@ -250,7 +232,8 @@ def main() -> None:
     t0 = time.perf_counter()
     sd = random_state_dict(cfg, seed=0)
     models = build_models(sd, cfg, x, t, ctx, which)
-    print(f"built {len(models)} models on one {sum(v.numel() for v in sd.values()) / 1e9:.2f}B-param"
+    load = os.getloadavg()[0]   # other processes on the box skew every figure: record it
+    print(f"load average {load:.2f} before; built {len(models)} models on one {sum(v.numel() for v in sd.values()) / 1e9:.2f}B-param"
           f" state dict in {time.perf_counter() - t0:.0f}s; latent {list(x.shape)}, "
           f"{args.threads} threads, {torch.backends.cpu.get_cpu_capability()}")
 
@@ -296,7 +279,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({
         "config": vars(args) | {"latent": list(x.shape), "prompt_tokens": PROMPT_TOKENS,
                                 "torch": torch.__version__,
-                                "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                "loadavg_before": load, "loadavg_after": os.getloadavg()[0]},
         "median_s": med, "times_s": times, "peak_rss_growth_mb": mem, "max_rel_diff": rel,
         "ratios": ratios, "flops": {"total": flops, "attention_sdpa": attn, "by_op": by_op,
                                     "achieved_gflops": achieved},

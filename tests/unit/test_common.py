@@ -117,3 +117,22 @@ def test_family_mismatch_is_named():
     check_same_family(model="wan", vae="wan")
     with pytest.raises(VideoForgeError, match="model is wan, vae is hunyuan"):
         check_same_family(model="wan", vae="hunyuan")
+
+
+def test_mmap_reader_matches_safetensors_for_every_dtype(tmp_path):
+    from safetensors.torch import load_file
+    p = str(tmp_path / "all.safetensors")
+    g = torch.Generator().manual_seed(0)
+    sd = {f"t_{dt}".replace("torch.", ""): (torch.randn(3, 5, generator=g) * 10).to(dt)
+          for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+                     torch.int64, torch.uint8, torch.bool, torch.float64)}
+    sd["scalar"] = torch.tensor(2.5)
+    sd["empty"] = torch.empty(0, 4)
+    save_file(sd, p, metadata={"format": "pt"})
+    ours, ref = load_state_dict(p), load_file(p)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape
+        assert torch.equal(ours[k].reshape(-1).view(torch.uint8), ref[k].reshape(-1).view(torch.uint8)), k
+    ours["t_float32"].add_(1)  # copy-on-write: the file is never modified
+    assert torch.equal(load_state_dict(p)["t_float32"], ref["t_float32"])
