@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 from typing import Iterable
 
@@ -106,6 +107,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return sd
     if not os.path.isfile(path):
         raise VideoForgeError(f"{path}: file not found.")
+    shards = shard_siblings(path)
+    if len(shards) > 1:
+        sd = {}
+        for s in shards:
+            sd.update(_mmap_safetensors(s))
+        return sd
     low = path.lower()
     if low.endswith(SAFETENSORS_EXT):
         return _mmap_safetensors(path)
@@ -131,6 +138,25 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise VideoForgeError(f"{path}: expected a dict of tensors (a state dict).")
         return obj
     raise VideoForgeError(f"{path}: unsupported file type; expected .safetensors (preferred) or .pth.")
+
+
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})(?P<ext>\.safetensors)$")
+
+
+def shard_siblings(path: str) -> list[str]:
+    """All shards of a sharded checkpoint given any one of them (official Wan-AI files are
+    `diffusion_pytorch_model-00001-of-00006.safetensors`); [path] when not sharded.
+    A missing shard is an error that names it."""
+    m = _SHARD.match(os.path.basename(path))
+    if not m:
+        return [path]
+    folder, n = os.path.dirname(path), int(m["n"])
+    names = [f"{m['stem']}-{i:05d}-of-{m['n']}{m['ext']}" for i in range(1, n + 1)]
+    missing = [x for x in names if not os.path.isfile(os.path.join(folder, x))]
+    if missing:
+        raise VideoForgeError(f"{path} is shard {int(m['i'])} of {n}; missing {missing} in {folder}. "
+                              "Download every shard into the same folder.")
+    return [os.path.join(folder, x) for x in names]
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:

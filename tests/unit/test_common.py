@@ -136,3 +136,13 @@ def test_mmap_reader_matches_safetensors_for_every_dtype(tmp_path):
         assert torch.equal(ours[k].reshape(-1).view(torch.uint8), ref[k].reshape(-1).view(torch.uint8)), k
     ours["t_float32"].add_(1)  # copy-on-write: the file is never modified
     assert torch.equal(load_state_dict(p)["t_float32"], ref["t_float32"])
+
+
+def test_any_shard_loads_the_whole_sharded_checkpoint(tmp_path):
+    a, b = (str(tmp_path / f"diffusion_pytorch_model-0000{i}-of-00002.safetensors") for i in (1, 2))
+    save_file({"x": torch.ones(2)}, a)
+    with pytest.raises(VideoForgeError, match="shard 1 of 2; missing"):
+        load_state_dict(a)
+    save_file({"y": torch.zeros(3)}, b)
+    for p in (a, b, str(tmp_path)):
+        assert sorted(load_state_dict(p)) == ["x", "y"]
