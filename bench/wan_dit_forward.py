@@ -226,7 +226,8 @@ def main() -> None:
     ctx[:, :PROMPT_TOKENS] = torch.randn(1, PROMPT_TOKENS, cfg.text_dim, generator=g) * 0.2
     # Matmul ceiling first, on a quiet heap; L = tokens after the 1x2x2 patching.
     L = lat[0] * lat[1] * lat[2] // 4
-    shapes = {"mm_2048": (2048, 2048, 2048), f"linear_{L}x{cfg.dim}x{cfg.ffn_dim}": (L, cfg.dim, cfg.ffn_dim),
+    shapes = {"mm_2048": (2048, 2048, 2048),
+              f"linear_{L}x{cfg.dim}x{cfg.ffn_dim}": (L, cfg.dim, cfg.ffn_dim),
               f"linear_{L}x{cfg.ffn_dim}x{cfg.dim}": (L, cfg.ffn_dim, cfg.dim),
               f"linear_{L}x{cfg.dim}x{cfg.dim}": (L, cfg.dim, cfg.dim)}
     mm = {k: matmul_gflops(*s, mm=k.startswith("mm")) for k, s in shapes.items()}
@@ -234,7 +235,8 @@ def main() -> None:
     sd = random_state_dict(cfg, seed=0)
     models = build_models(sd, cfg, x, t, ctx, which)
     load = os.getloadavg()[0]   # other processes on the box skew every figure: record it
-    print(f"load average {load:.2f} before; built {len(models)} models on one {sum(v.numel() for v in sd.values()) / 1e9:.2f}B-param"
+    n_params = sum(v.numel() for v in sd.values()) / 1e9
+    print(f"load average {load:.2f} before; built {len(models)} models on one {n_params:.2f}B-param"
           f" state dict in {time.perf_counter() - t0:.0f}s; latent {list(x.shape)}, "
           f"{args.threads} threads, {torch.backends.cpu.get_cpu_capability()}")
 
