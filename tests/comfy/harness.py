@@ -82,6 +82,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _failure(kind: str, data: dict) -> dict:
+    """Result dict for an `execution_error` / `execution_interrupted` message (websocket or
+    /history carry the same fields)."""
+    where = {"node_type": data.get("node_type"), "node_id": data.get("node_id")}
+    if kind == "execution_interrupted":
+        return {"status": "interrupted", "error": "execution interrupted", **where}
+    return {"status": "error",
+            "error": f"{data.get('exception_type')}: {data.get('exception_message')}",
+            "exception_type": data.get("exception_type"),
+            "exception_message": data.get("exception_message"), **where,
+            "traceback": "".join(data.get("traceback") or [])}
+
+
 class ComfyServer:
     """A headless ComfyUI process with its own model/input/output dirs, as a context manager."""
 
@@ -319,16 +332,8 @@ class ComfyServer:
                     result = {"status": "success", "error": None}
                 elif kind == "execution_success":
                     result = {"status": "success", "error": None}
-                elif kind == "execution_error":
-                    result = {"status": "error",
-                              "error": f"{data.get('exception_type')}: {data.get('exception_message')}",
-                              "exception_type": data.get("exception_type"),
-                              "exception_message": data.get("exception_message"),
-                              "node_type": data.get("node_type"), "node_id": data.get("node_id"),
-                              "traceback": "".join(data.get("traceback") or [])}
-                elif kind == "execution_interrupted":
-                    result = {"status": "interrupted", "error": "execution interrupted",
-                              "node_type": data.get("node_type"), "node_id": data.get("node_id")}
+                elif kind in ("execution_error", "execution_interrupted"):
+                    result = _failure(kind, data)
         finally:
             ws.close()
         # history is written right after the final message; give it a moment
@@ -348,16 +353,8 @@ class ComfyServer:
         if st.get("status_str") == "success":
             return {"status": "success", "error": None}
         for kind, data in st.get("messages", []):
-            if kind == "execution_error":
-                return {"status": "error",
-                        "error": f"{data.get('exception_type')}: {data.get('exception_message')}",
-                        "exception_type": data.get("exception_type"),
-                        "exception_message": data.get("exception_message"),
-                        "node_type": data.get("node_type"), "node_id": data.get("node_id"),
-                        "traceback": "".join(data.get("traceback") or [])}
-            if kind == "execution_interrupted":
-                return {"status": "interrupted", "error": "execution interrupted",
-                        "node_type": data.get("node_type"), "node_id": data.get("node_id")}
+            if kind in ("execution_error", "execution_interrupted"):
+                return _failure(kind, data)
         return {"status": "error", "error": f"prompt {prompt_id} failed: {st}"}
 
     def run(self, api_prompt: dict, timeout: float = 600) -> dict:
