@@ -81,13 +81,6 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
-def read_metadata(path: str) -> dict[str, str]:
-    """The `__metadata__` dict of a safetensors file ({} for other formats)."""
-    if not path.lower().endswith(SAFETENSORS_EXT):
-        return {}
-    return _check_safetensors_header(path)[1].get("__metadata__", {}) or {}
-
-
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint on CPU.
 
@@ -170,7 +163,3 @@ def strip_prefix(sd: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[s
         if hits and len(hits) * 2 >= len(sd):
             return {k[len(p):]: sd[k] for k in hits}
     return sd
-
-
-def has_keys(sd: dict, *keys: str) -> bool:
-    return all(k in sd for k in keys)

@@ -9,7 +9,3 @@ def to_image_batch(videos: list[torch.Tensor]) -> torch.Tensor:
     v = torch.cat(videos, dim=0)
     return ((v.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()
 
-
-def from_image_batch(images: torch.Tensor) -> torch.Tensor:
-    """IMAGE [F, H, W, C>=3] in [0, 1] -> [1, 3, F, H, W] in [-1, 1]."""
-    return (images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1).contiguous()
