@@ -10,8 +10,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${VIDEOFORGE_CACHE:-$HOME/.cache/videoforge}
 hash=$(cat "$root/requirements.txt" "$root/requirements-test.txt" "$root/.ci/env.sh" | sha256sum | cut -c1-12)
 env="$cache/env-$hash"
+mkdir -p "$cache"
+# One builder at a time: parallel callers (test workers, a demo) wait here instead of racing
+# (a second builder's `rm -rf` would pull the environment out from under the first).
+exec 9>"$cache/.lock-$hash"
+flock -w 3600 9 || { echo "[videoforge] timed out waiting for $cache/.lock-$hash" >&2; exit 1; }
 if [ ! -f "$env/.complete" ]; then
-  mkdir -p "$cache"
   rm -rf "$env"
   echo "[videoforge] creating test environment in $env (first run only; downloads ~6 GB)" >&2
   python3 -m venv "$env"

@@ -31,13 +31,17 @@ def _is_umt5(sd: dict) -> bool:
     return detect_text_encoder(sd) is not None
 
 
+def _is_clip_vision(sd: dict) -> bool:
+    from .common.clip_vision import detect_clip_vision
+    return detect_clip_vision(sd) is not None
+
+
 # (description, part, test) in order; the first match names the file.
 _KINDS: list[tuple[str, str, Callable[[dict], bool]]] = [
     ("a Wan2.1 diffusion model", "model", lambda sd: wan_convert.is_wan_dit(wan_convert.normalize_dit_keys(sd))),
     ("a Wan2.1 VAE", "vae", _is_wan_vae),
     ("a UMT5 text encoder (Wan2.1)", "text_encoder", _is_umt5),
-    ("a CLIP vision model", "clip_vision", lambda sd: any("vision_model." in k for k in list(sd)[:50])
-     or "visual.transformer.resblocks.0.attn.in_proj_weight" in sd),
+    ("a CLIP vision encoder", "clip_vision", _is_clip_vision),
 ]
 
 
@@ -94,3 +98,14 @@ def load_text_encoder(path: str, dtype: str = "auto") -> wan.WanTextEncoder:
     sd = _read(path, "text_encoder")
     return wan.WanTextEncoder(load_umt5(path, dtype=parse_dtype(dtype), state_dict=sd),
                               os.path.basename(path))
+
+
+def load_clip_vision(path: str, dtype: str = "auto"):
+    """CLIP vision file (ComfyUI clip_vision_h.safetensors, official Wan open-clip .pth) ->
+    `ClipVisionEncoder` (image features for image-to-video)."""
+    from .common.clip_vision import load_clip_vision as load_clip
+    sd = _read(path, "clip_vision")
+    dt = parse_dtype(dtype)
+    if dt == torch.float8_e4m3fn:
+        raise VideoForgeError("fp8 storage is not offered for CLIP vision; choose auto, bf16, fp16 or fp32.")
+    return load_clip(sd, dtype=dt, name=os.path.basename(path))

@@ -7,9 +7,12 @@ want to hand our files to diffusers.
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ..common.checkpoint import strip_prefix
+from ..common.errors import VideoForgeError
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
@@ -76,3 +79,53 @@ def is_wan_dit(sd: dict[str, torch.Tensor]) -> bool:
     """ComfyUI recognises Wan by `head.modulation`; official layout after normalisation."""
     return "head.modulation" in sd and "blocks.0.self_attn.q.weight" in sd \
         and "patch_embedding.weight" in sd
+
+
+# ---------------------------------------------------------------- VAE (diffusers AutoencoderKLWan)
+_VAE_RES = 2  # residual blocks per VAE stage (decoder stages have one more)
+
+# diffusers residual-block parameter names -> index in the official `residual` Sequential
+_RES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3",
+        "conv2": "residual.6", "conv_shortcut": "shortcut"}
+_MID = {"resnets.0": "0", "attentions.0": "1", "resnets.1": "2"}
+
+
+def _res(name: str) -> str:
+    """`norm1.gamma` -> `residual.0.gamma` (a residual block's own parameter)."""
+    head, _, tail = name.partition(".")
+    return f"{_RES[head]}.{tail}"
+
+
+def vae_key_from_diffusers(key: str) -> str:
+    """Rename one diffusers `AutoencoderKLWan` key to the Wan-AI / ComfyUI layout."""
+    for diff, off in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
+        if key.startswith(diff):
+            return off + key[len(diff):]
+    part, _, rest = key.partition(".")  # encoder / decoder
+    if m := re.fullmatch(r"conv_in\.(.+)", rest):
+        return f"{part}.conv1.{m[1]}"
+    if m := re.fullmatch(r"norm_out\.(.+)", rest):
+        return f"{part}.head.0.{m[1]}"
+    if m := re.fullmatch(r"conv_out\.(.+)", rest):
+        return f"{part}.head.2.{m[1]}"
+    if m := re.fullmatch(r"mid_block\.(resnets\.\d|attentions\.\d)\.(.+)", rest):
+        inner = m[2] if m[1].startswith("attentions") else _res(m[2])
+        return f"{part}.middle.{_MID[m[1]]}.{inner}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(.+)", rest):
+        # encoder blocks are already flat: residual blocks and Resamples in one list
+        inner = m[2] if m[2].startswith(("resample.", "time_conv.")) else _res(m[2])
+        return f"{part}.downsamples.{m[1]}.{inner}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+        # each decoder stage is _VAE_RES + 1 residual blocks then one Resample, flattened
+        return f"{part}.upsamples.{int(m[1]) * (_VAE_RES + 2) + int(m[2])}.{_res(m[3])}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", rest):
+        return f"{part}.upsamples.{int(m[1]) * (_VAE_RES + 2) + _VAE_RES + 1}.{m[2]}"
+    raise KeyError(f"no official name for diffusers key {key!r}")
+
+
+def vae_from_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers `AutoencoderKLWan` state dict in the official Wan VAE layout."""
+    try:
+        return {vae_key_from_diffusers(k): v for k, v in sd.items()}
+    except KeyError as e:
+        raise VideoForgeError(f"looks like a diffusers Wan VAE but: {e.args[0]}") from None

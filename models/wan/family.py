@@ -7,15 +7,15 @@ from typing import Any, Callable
 import torch
 
 from ..common.errors import VideoForgeError
-from ..common.family import LatentFormat
+from ..common.tiling import TilePlan
 from ..common.ops import load_weights, storage_dtype_of
 from ..common.rope import rope_table
 from .convert import is_wan_dit, normalize_dit_keys
 from .model import WanConfig, WanModel
+from .vae import LATENT_FORMAT
 
 FAMILY = "wan"
-LATENT = LatentFormat(channels=16, time_ratio=4, space_ratio=8, first_frame_alone=True,
-                      size_multiple=16)
+LATENT = LATENT_FORMAT
 
 
 def compute_dtype_for(storage: torch.dtype, device: torch.device) -> torch.dtype:
@@ -62,6 +62,43 @@ class WanVideoModel:
             raise VideoForgeError(f"text embeddings are {got} wide but this Wan model expects "
                                   f"{want}; load the matching UMT5 text encoder.")
 
+    @property
+    def takes_images(self) -> bool:
+        return self.dit.cfg.image_dim is not None
+
+    def image_condition(self, vae: Any, clip_vision: Any, start: torch.Tensor,
+                        end: torch.Tensor | None, frames: int, plan: TilePlan | None = None,
+                        callback: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """start / end: IMAGE [1, H, W, 3] in 0..1 already at the video size ->
+        {"y": [1, 20, T, h, w], "clip": [1, 257 or 514, 1280]} for `denoise`."""
+        from .i2v import image_condition
+        cfg = self.dit.cfg
+        if cfg.image_dim is None:
+            raise VideoForgeError(f"{self.name or 'this model'} is a Wan2.1 text-to-video model; "
+                                  "Image To Video Latent needs an image-to-video model "
+                                  "(e.g. wan2.1_i2v_480p_14B_fp16.safetensors, or FLF2V for start + end).")
+        if getattr(vae, "family", None) != FAMILY:
+            raise VideoForgeError(f"the VAE is {getattr(vae, 'family', type(vae).__name__)}; "
+                                  "Wan2.1 image-to-video needs the Wan2.1 VAE (wan_2.1_vae.safetensors).")
+        if clip_vision is None:
+            raise VideoForgeError("Wan2.1 image-to-video needs CLIP vision features: connect Load "
+                                  "CLIP Vision with clip_vision_h.safetensors.")
+        if clip_vision.hidden_size != cfg.image_dim:
+            raise VideoForgeError(f"the CLIP vision model is {clip_vision.hidden_size} wide but this "
+                                  f"Wan model expects {cfg.image_dim} (CLIP-H: clip_vision_h.safetensors).")
+        images = start if end is None else torch.cat([start, end], dim=0)
+        tokens = clip_vision.encode(images).float().cpu()            # [1 or 2, N, 1280]
+        clip = tokens.reshape(1, -1, tokens.shape[-1])                # start then end tokens
+        if cfg.image_pos_len is not None and clip.shape[1] != cfg.image_pos_len:
+            raise VideoForgeError(f"this first-last-frame model expects {cfg.image_pos_len} image "
+                                  f"tokens (start and end image), got {clip.shape[1]}: connect "
+                                  "an end image." if end is None else
+                                  f"image tokens {clip.shape[1]} do not fit the model's {cfg.image_pos_len}.")
+        to_video = lambda im: im[0].permute(2, 0, 1).float() * 2 - 1  # noqa: E731  [3, H, W] in [-1, 1]
+        y = image_condition(vae, to_video(start), None if end is None else to_video(end), frames,
+                            plan, callback)
+        return {"y": y, "clip": clip}
+
     @torch.inference_mode()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         """x [B, 16, T, H, W], sigma [B] -> velocity [B, 16, T, H, W] (float32)."""
@@ -70,6 +107,9 @@ class WanVideoModel:
         if ctx.shape[0] != x.shape[0]:
             ctx = ctx.expand(x.shape[0], *ctx.shape[1:])
         extra = {k: cond[k].to(dev, dt) for k in ("clip", "y") if cond.get(k) is not None}
+        for k, v in extra.items():  # one image conditions every batch item and both CFG passes
+            if v.shape[0] != x.shape[0]:
+                extra[k] = v.expand(x.shape[0], *v.shape[1:])
         lens = cond.get("lengths")
         if lens is not None and lens.shape[0] != x.shape[0]:
             lens = lens.expand(x.shape[0])
@@ -97,6 +137,11 @@ class WanVideoVAE:
     """Wan VAE with the family interface; video in/out as [B, 3, F, H, W] in [-1, 1]."""
     family = FAMILY
     latent = LATENT
+    # The causal cache streams time exactly: temporal chunks add nothing (tiling.auto_plan).
+    streams_time = True
+    # Working memory per output pixel-frame of one decode step (one latent frame -> 4 frames),
+    # fp32, base dim 96, measured by bench/vae_tiling.py; scales with dim and the dtype's size.
+    BYTES_PER_PIXEL_DIM96_FP32 = 3000.0
 
     def __init__(self, vae: torch.nn.Module, name: str = "") -> None:
         self.vae = vae.eval().requires_grad_(False)
@@ -104,19 +149,25 @@ class WanVideoVAE:
         self.device = torch.device("cpu")
         self.dtype = next(vae.parameters()).dtype
 
+    @property
+    def bytes_per_pixel(self) -> float:
+        size = torch.finfo(self.dtype).bits / 32
+        return self.BYTES_PER_PIXEL_DIM96_FP32 * self.vae.dim / 96 * size
+
     def to(self, device: torch.device | str) -> "WanVideoVAE":
         self.device = torch.device(device)
         self.vae.to(self.device)
         return self
 
     @torch.inference_mode()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(video.to(self.device, self.dtype)).float()
+    def encode(self, video: torch.Tensor, plan: TilePlan | None = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        return self.vae.encode(video.to(self.device, self.dtype), plan, callback).float()
 
     @torch.inference_mode()
-    def decode(self, latent: torch.Tensor,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        return self.vae.decode(latent.to(self.device, self.dtype), callback=callback).float()
+    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None,
+               plan: TilePlan | None = None) -> torch.Tensor:
+        return self.vae.decode(latent.to(self.device, self.dtype), callback, plan).float()
 
 
 class WanTextEncoder:

@@ -12,7 +12,7 @@ activations are alive at once.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 from ..common.checkpoint import strip_prefix
 from ..common.errors import VideoForgeError
+from ..common.family import LatentFormat
+from ..common.tiling import TilePlan, tiled_decode, tiled_encode
+from .convert import vae_from_diffusers
 
 CACHE_T = 2  # frames a temporal-kernel-3 causal conv needs from the previous chunk
 
@@ -29,6 +32,9 @@ LATENT_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.55
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
 LATENT_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
               3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]
+
+LATENT_FORMAT = LatentFormat(channels=16, time_ratio=4, space_ratio=8, first_frame_alone=True,
+                             size_multiple=16)
 
 DIM_MULT = (1, 2, 4, 4)
 NUM_RES = 2
@@ -299,12 +305,11 @@ class WanVAE(nn.Module):
         Raises VideoForgeError when the keys are not those of a Wan2.1 VAE.
         """
         sd = strip_prefix(sd, ("first_stage_model.", "vae."))
+        if "encoder.conv_in.weight" in sd and "encoder.conv1.weight" not in sd:
+            sd = vae_from_diffusers(sd)  # a diffusers AutoencoderKLWan file: same weights, other names
         missing = [k for k in SIGNATURE if k not in sd]
         if missing:
-            hint = ""
-            if "encoder.conv_in.weight" in sd:
-                hint = " It looks like a diffusers-format VAE; use the ComfyUI/official file (wan_2.1_vae.safetensors)."
-            raise VideoForgeError(f"Not a Wan2.1 VAE state dict: missing {missing}.{hint}")
+            raise VideoForgeError(f"Not a Wan2.1 VAE state dict: missing {missing}.")
         cin = sd["encoder.conv1.weight"].shape[1]
         z_dim = sd["conv2.weight"].shape[0]
         if cin != 3 or z_dim != len(LATENT_MEAN):
@@ -334,8 +339,13 @@ class WanVAE(nn.Module):
     def device(self) -> torch.device:
         return self.conv1.weight.device
 
+    def encode(self, video: torch.Tensor, plan: TilePlan | None = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Video [B, 3, F, H, W] in [-1, 1] -> normalised latent, tiled as `plan` says."""
+        return tiled_encode(self.encode_window, video, LATENT_FORMAT, plan or TilePlan(), callback)
+
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode_window(self, video: torch.Tensor) -> torch.Tensor:
         """Video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H and W multiples of 8
         -> normalised latent (posterior mean) [B, 16, 1 + (F-1)/4, H/8, W/8], float32."""
         if video.dim() != 5 or video.shape[1] != 3:
@@ -356,26 +366,28 @@ class WanVAE(nn.Module):
         return (mu - self.latent_mean) / self.latent_std
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Normalised latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32.
-
-        `callback(i, n)` is called after each of the n latent frames (progress, interrupts).
-        """
+    def decode_stream(self, latent: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Normalised latent [B, 16, T, h, w] -> yields (first frame index, frames [B, 3, n, 8h, 8w]
+        in [-1, 1], float32) latent frame by latent frame (n = 1, then 4): only one latent frame's
+        activations and the causal cache are alive at a time."""
         if latent.dim() != 5 or latent.shape[1] != self.z_dim:
             raise VideoForgeError(f"Wan VAE decode: expected latent [B, {self.z_dim}, T, h, w], "
                                   f"got {tuple(latent.shape)}.")
-        b, _, t, h, w = latent.shape
         z = latent.to(self.device, torch.float32) * self.latent_std + self.latent_mean
         x = self.conv2(z.to(self.dtype))
-        # Filled chunk by chunk so the finished video is never held twice (list + cat).
-        out = torch.empty(b, 3, 4 * (t - 1) + 1, 8 * h, 8 * w, device=self.device, dtype=torch.float32)
         cache = FeatCache()
-        for i in range(t):
+        for i in range(latent.shape[2]):
             cache.next_chunk()
             frames = self.decoder(x[:, :, i:i + 1], cache)
-            start = 0 if i == 0 else 4 * i - 3
-            out[:, :, start:start + frames.shape[2]] = frames.clamp(-1.0, 1.0)
-            if callback is not None:
-                callback(i + 1, t)
-        return out
+            yield (0 if i == 0 else 4 * i - 3), frames.float().clamp(-1.0, 1.0)
+
+    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None,
+               plan: TilePlan | None = None) -> torch.Tensor:
+        """Normalised latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32.
+
+        `plan` tiles in space (and, if asked, in time; streaming through the cache is exact and
+        already bounded, so temporal chunks are rarely useful here). `callback(done, total)`
+        counts decoded frames (progress, interrupts).
+        """
+        return tiled_decode(self.decode_stream, latent, LATENT_FORMAT, plan or TilePlan(),
+                            callback=callback)
