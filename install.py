@@ -3,7 +3,8 @@
 ComfyUI-Manager runs it automatically; by hand: `python install.py` with ComfyUI's Python.
 Idempotent: only what is missing or too old is installed. Never installs or upgrades torch /
 torchvision (that would replace a working CUDA build), and adds no OpenCV wheel when any cv2
-variant (opencv-python, -headless, -contrib) already imports: mixed OpenCV wheels break.
+variant (opencv-python, -headless, -contrib) already imports: mixed OpenCV wheels break. Likewise
+no onnxruntime when any variant (e.g. onnxruntime-gpu) already imports.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def _satisfied(req: str) -> bool:
     r = Requirement(req)
     if r.name.lower().startswith("opencv"):
         return importlib.util.find_spec("cv2") is not None
+    if r.name.lower().startswith("onnxruntime"):
+        # onnxruntime-gpu / -directml / -openvino provide the same module: never add a second one
+        return importlib.util.find_spec("onnxruntime") is not None
     try:
         return r.specifier.contains(version(r.name), prereleases=True)
     except PackageNotFoundError:

@@ -26,6 +26,11 @@ def offload_device():
     return mm.unet_offload_device()
 
 
+def free_bytes() -> int:
+    """Memory free for work on the compute device (VRAM on GPU, RAM on CPU)."""
+    return int(mm.get_free_memory(device()))
+
+
 def free_memory() -> None:
     mm.soft_empty_cache()
 

@@ -1,9 +1,12 @@
-"""Empty Video Latent."""
+"""Empty Video Latent / Image To Video Latent."""
 from __future__ import annotations
 
 import torch
 
-from .bridge import CATEGORY, offload_device
+from ..models.common.family import check_same_family
+from ..models.common.video import FIT_MODES, fit_image
+from .bridge import CATEGORY, Progress, device, free_memory, offload_device
+from .vae import tile_plan
 
 
 class EmptyVideoLatent:
@@ -29,4 +32,55 @@ class EmptyVideoLatent:
         return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family},)
 
 
-NODES = {"VFEmptyVideoLatent": EmptyVideoLatent}
+class ImageToVideoLatent:
+    DISPLAY_NAME = "Image To Video Latent"
+    CATEGORY = f"{CATEGORY}/latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "create"
+    DESCRIPTION = ("Starts a video from an image (and optionally ends it on another: first-last-"
+                   "frame models such as Wan2.1 FLF2V). The images are fitted to the video size, "
+                   "encoded with the VAE and CLIP vision, and travel with the latent to Sample "
+                   "Video. A batch of images: the first is the start, the last is the end.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("VF_MODEL",),
+            "vae": ("VF_VAE",),
+            "start_image": ("IMAGE",),
+            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            "resize": (list(FIT_MODES), {"default": "crop", "tooltip":
+                       "crop: cover the video and cut the overflow; pad: fit inside, grey "
+                       "borders; stretch: resize to the video size (official Wan)."}),
+        }, "optional": {
+            "clip_vision": ("VF_CLIP_VISION",),
+            "end_image": ("IMAGE",),
+        }}
+
+    def create(self, model, vae, start_image, width: int, height: int, frames: int,
+               batch_size: int, resize: str, clip_vision=None, end_image=None):
+        check_same_family(model=model, vae=vae)
+        shape = model.latent.shape(batch_size, frames, height, width)  # raises with advice
+        start = fit_image(start_image[:1], width, height, resize, "start_image")
+        end = None if end_image is None else fit_image(end_image[-1:], width, height, resize, "end_image")
+        plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)
+        vae.to(device())
+        if clip_vision is not None:
+            clip_vision.to(device())
+        try:
+            bar = Progress(1)
+            cond = model.image_condition(vae, clip_vision, start, end, frames, plan,
+                                         callback=lambda d, n: bar(d, n))
+        finally:
+            vae.to(offload_device())
+            if clip_vision is not None:
+                clip_vision.to(offload_device())
+            free_memory()
+        return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family,
+                 "vf_cond": cond},)
+
+
+NODES = {"VFEmptyVideoLatent": EmptyVideoLatent, "VFImageToVideoLatent": ImageToVideoLatent}

@@ -1,4 +1,4 @@
-"""Load Video Model / Load Video VAE / Load Text Encoder."""
+"""Load Video Model / Load Video VAE / Load Text Encoder / Load CLIP Vision."""
 from __future__ import annotations
 
 from ..models import loader
@@ -72,5 +72,27 @@ class LoadTextEncoder:
         return (loader.load_text_encoder(resolve("text_encoders", text_encoder_name), dtype),)
 
 
+class LoadClipVision:
+    DISPLAY_NAME = "Load CLIP Vision"
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("VF_CLIP_VISION",)
+    RETURN_NAMES = ("clip_vision",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a CLIP vision encoder from models/clip_vision for image-to-video "
+                   "(Wan2.1 I2V / FLF2V: clip_vision_h.safetensors, or the official "
+                   "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_name": (files("clip_vision"), {"tooltip": "e.g. clip_vision_h.safetensors"}),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
+                      "tooltip": "auto: fp32 on CPU, fp16 on GPU (as official Wan)."}),
+        }}
+
+    def load(self, clip_name: str, dtype: str):
+        return (loader.load_clip_vision(resolve("clip_vision", clip_name), dtype),)
+
+
 NODES = {"VFLoadVideoModel": LoadVideoModel, "VFLoadVideoVAE": LoadVideoVAE,
-         "VFLoadTextEncoder": LoadTextEncoder}
+         "VFLoadTextEncoder": LoadTextEncoder, "VFLoadClipVision": LoadClipVision}

@@ -1,9 +1,42 @@
-"""Decode Video."""
+"""Decode Video / Encode Video (tiled in space and time, automatic by default)."""
 from __future__ import annotations
 
+import torch
+
 from ..models.common.family import check_same_family
-from ..models.common.video import to_image_batch
-from .bridge import CATEGORY, Progress, device, free_memory, offload_device
+from ..models.common.tiling import TilePlan, auto_plan
+from ..models.common.video import to_image_batch, to_video
+from .bridge import CATEGORY, Progress, device, free_bytes, free_memory, offload_device
+
+# Share of the free memory a decode may plan to use (weights are already loaded; the output
+# video and allocator slack need the rest).
+BUDGET_SHARE = 0.5
+
+TILING_INPUTS = {
+    "auto": ("BOOLEAN", {"default": True, "tooltip": "Pick tile sizes from the free memory (untiled "
+                         "when it fits). Off: use the sizes below."}),
+    "tile_size": ("INT", {"default": 512, "min": 0, "max": 4096, "step": 8, "tooltip":
+                          "Spatial tile side in pixels (multiple of 8); 0 = whole frame."}),
+    "overlap": ("INT", {"default": 64, "min": 0, "max": 2048, "step": 8, "tooltip":
+                        "Pixels shared by neighbouring tiles, blended with linear ramps."}),
+    "temporal_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 4, "tooltip":
+                              "Frames per temporal chunk (multiple of 4); 0 = whole clip. The Wan "
+                              "VAE streams frames through its causal cache exactly, so 0 is best there."}),
+    "temporal_overlap": ("INT", {"default": 8, "min": 0, "max": 1024, "step": 4, "tooltip":
+                                 "Frames a chunk re-reads before its own as cache warm-up (dropped)."}),
+}
+
+
+def tile_plan(vae, height: int, width: int, frames: int, auto: bool, tile_size: int, overlap: int,
+              temporal_size: int, temporal_overlap: int) -> TilePlan:
+    """The node widgets -> a validated TilePlan (auto: sized to the free memory)."""
+    if auto:
+        plan = auto_plan(vae.latent, height, width, frames, vae.bytes_per_pixel,
+                         BUDGET_SHARE * free_bytes(), vae.streams_time)
+    else:
+        plan = TilePlan(tile_size, overlap, temporal_size, temporal_overlap)
+    plan.validate(vae.latent)
+    return plan
 
 
 class DecodeVideo:
@@ -12,24 +45,28 @@ class DecodeVideo:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
     FUNCTION = "decode"
-    DESCRIPTION = ("Decodes a latent video to frames, latent frame by latent frame (the causal "
-                   "VAE's cache keeps memory bounded). Frames of all batch items are concatenated.")
+    DESCRIPTION = ("Decodes a latent video to frames, tiled in space (blended overlaps) and, for "
+                   "VAEs that need it, in time; auto sizes tiles to the free memory. Frames of all "
+                   "batch items are concatenated.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae": ("VF_VAE",), "latent": ("LATENT",)}}
+        return {"required": {"vae": ("VF_VAE",), "latent": ("LATENT",), **TILING_INPUTS}}
 
-    def decode(self, vae, latent):
+    def decode(self, vae, latent, auto=True, tile_size=512, overlap=64, temporal_size=0,
+               temporal_overlap=8):
         samples = latent["samples"]
         check_same_family(vae=vae, latent=latent.get("vf_family", vae.family))
+        fmt = vae.latent
+        b, _, t, h, w = samples.shape
+        plan = tile_plan(vae, h * fmt.space_ratio, w * fmt.space_ratio, fmt.pixel_frames(t),
+                         auto, tile_size, overlap, temporal_size, temporal_overlap)
         vae.to(device())
         try:
-            n = samples.shape[2] * samples.shape[0]
-            bar = Progress(n)
-            frames = []
-            for b in range(samples.shape[0]):
-                video = vae.decode(samples[b:b + 1],
-                                   callback=lambda i, t, b=b: bar(b * t + i + 1, n))
+            bar, frames = Progress(1), []
+            for i in range(b):
+                video = vae.decode(samples[i:i + 1], plan=plan,
+                                   callback=lambda d, n, i=i: bar(i * n + d, b * n))
                 frames.append(video.to(offload_device()))
         finally:
             vae.to(offload_device())
@@ -37,4 +74,32 @@ class DecodeVideo:
         return (to_image_batch(frames),)
 
 
-NODES = {"VFDecodeVideo": DecodeVideo}
+class EncodeVideo:
+    DISPLAY_NAME = "Encode Video"
+    CATEGORY = f"{CATEGORY}/latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+    DESCRIPTION = ("Encodes frames (IMAGE batch) to a latent video, e.g. for video-to-video with "
+                   "Sample Video's denoise < 1. Frames must fit the VAE (Wan: 4k+1 frames, sides "
+                   "multiples of 8); tiled like Decode Video.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": ("VF_VAE",), "frames": ("IMAGE",), **TILING_INPUTS}}
+
+    def encode(self, vae, frames, auto=True, tile_size=512, overlap=64, temporal_size=0,
+               temporal_overlap=8):
+        video = to_video(frames, "frames")  # [1, 3, F, H, W]
+        f, h, w = video.shape[2:]
+        plan = tile_plan(vae, h, w, f, auto, tile_size, overlap, temporal_size, temporal_overlap)
+        vae.to(device())
+        try:
+            bar = Progress(1)
+            lat = vae.encode(video, plan=plan, callback=lambda d, n: bar(d, n))
+        finally:
+            vae.to(offload_device())
+            free_memory()
+        return ({"samples": lat.to(offload_device(), torch.float32), "vf_family": vae.family},)
+
+
+NODES = {"VFDecodeVideo": DecodeVideo, "VFEncodeVideo": EncodeVideo}

@@ -42,6 +42,11 @@ def to_rgb(images: torch.Tensor, where: str = "image") -> torch.Tensor:
     return images
 
 
+def to_video(images: torch.Tensor, where: str = "frames") -> torch.Tensor:
+    """IMAGE batch [F, H, W, C] in 0..1 -> one video [1, 3, F, H, W] in [-1, 1] (RGB)."""
+    return to_rgb(images, where).permute(3, 0, 1, 2)[None] * 2 - 1
+
+
 FIT_MODES = ("crop", "pad", "stretch")
 
 

@@ -71,8 +71,11 @@ class WanVideoModel:
                         callback: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """start / end: IMAGE [1, H, W, 3] in 0..1 already at the video size ->
         {"y": [1, 20, T, h, w], "clip": [1, 257 or 514, 1280]} for `denoise`."""
+        from ..common.video import to_video
         from .i2v import image_condition
         cfg = self.dit.cfg
+        if start is None:
+            raise VideoForgeError("an end image needs a start image (first-last-frame): connect start_image.")
         if cfg.image_dim is None:
             raise VideoForgeError(f"{self.name or 'this model'} is a Wan2.1 text-to-video model; "
                                   "Image To Video Latent needs an image-to-video model "
@@ -94,9 +97,8 @@ class WanVideoModel:
                                   f"tokens (start and end image), got {clip.shape[1]}: connect "
                                   "an end image." if end is None else
                                   f"image tokens {clip.shape[1]} do not fit the model's {cfg.image_pos_len}.")
-        to_video = lambda im: im[0].permute(2, 0, 1).float() * 2 - 1  # noqa: E731  [3, H, W] in [-1, 1]
-        y = image_condition(vae, to_video(start), None if end is None else to_video(end), frames,
-                            plan, callback)
+        y = image_condition(vae, to_video(start)[0, :, 0],
+                            None if end is None else to_video(end)[0, :, 0], frames, plan, callback)
         return {"y": y, "clip": clip}
 
     @torch.inference_mode()

@@ -557,7 +557,8 @@ def clone(api: dict) -> dict:
 
 # ---------------------------------------------------------------------- tiny checkpoints
 TINY_NAMES = {"model": "tiny_wan_t2v.safetensors", "vae": "tiny_wan_vae.safetensors",
-              "text_encoder": "tiny_umt5.safetensors"}
+              "text_encoder": "tiny_umt5.safetensors", "i2v": "tiny_wan_i2v.safetensors",
+              "flf2v": "tiny_wan_flf2v.safetensors", "clip_vision": "tiny_clip_vision_h.safetensors"}
 
 
 def _fixtures():
@@ -566,14 +567,15 @@ def _fixtures():
         if p not in sys.path:
             sys.path.insert(0, p)
     import importlib
-    return (importlib.import_module("fixtures.wan_dit"), importlib.import_module("fixtures.wan_vae"),
-            importlib.import_module("fixtures.umt5"))
+    return tuple(importlib.import_module(f"fixtures.{m}")
+                 for m in ("wan_dit", "wan_vae", "umt5", "clip_vision"))
 
 
 def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
-    """Write a tiny RANDOM-weight Wan2.1 T2V set (DiT, VAE, UMT5) into a ComfyUI models dir.
+    """Write a tiny RANDOM-weight Wan2.1 set (T2V / I2V / FLF2V DiTs, VAE, UMT5, CLIP vision)
+    into a ComfyUI models dir.
     Returns {part: file path}. The videos they make are noise-like: they prove the plumbing."""
-    wan_dit, wan_vae, umt5 = _fixtures()
+    wan_dit, wan_vae, umt5, clip_vision = _fixtures()
     paths = {"model": os.path.join(models_dir, "diffusion_models", TINY_NAMES["model"]),
              "vae": os.path.join(models_dir, "vae", TINY_NAMES["vae"]),
              "text_encoder": os.path.join(models_dir, "text_encoders", TINY_NAMES["text_encoder"])}
@@ -586,6 +588,16 @@ def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
     spm = os.path.join(os.path.dirname(paths["text_encoder"]), "spiece_comfy.model")
     if os.path.exists(spm):
         os.unlink(spm)
+    # image-to-video: I2V and FLF2V DiTs (36 input channels, image cross-attention) + CLIP vision
+    hid = clip_vision.CLIP_VISION_TINY["hidden_size"]
+    tokens = (224 // clip_vision.CLIP_VISION_TINY["patch_size"]) ** 2 + 1
+    for part, over in (("i2v", {}), ("flf2v", {"pos_embed_seq_len": 2 * tokens})):
+        paths[part] = os.path.join(models_dir, "diffusion_models", TINY_NAMES[part])
+        wan_dit.write_wan_dit(paths[part], seed=seed + 1, layout="comfy", in_channels=36,
+                              image_dim=hid, added_kv_proj_dim=256, **over)
+    paths["clip_vision"] = os.path.join(models_dir, "clip_vision", TINY_NAMES["clip_vision"])
+    os.makedirs(os.path.dirname(paths["clip_vision"]), exist_ok=True)
+    clip_vision.write_clip_vision(paths["clip_vision"], fmt="comfy", seed=seed)
     return paths
 
 

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(
 
 WORKFLOW = os.path.join(REPO_ROOT, "workflows", "wan21_t2v.json")
 EXPECTED_NODES = ["VFLoadVideoModel", "VFLoadVideoVAE", "VFLoadTextEncoder", "VFEncodePrompt",
-                  "VFEmptyVideoLatent", "VFSampleVideo", "VFDecodeVideo"]
+                  "VFEmptyVideoLatent", "VFSampleVideo", "VFDecodeVideo"]  # the T2V workflow's
+# every node the pack registers
+ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo"]
 
 
 def load_workflow() -> dict:
@@ -33,11 +35,11 @@ def outputs_of(comfy, result) -> list[str]:
 # ---------------------------------------------------------------------- registration
 def test_object_info_lists_our_nodes(comfy):
     info = comfy.object_info()
-    missing = [n for n in EXPECTED_NODES if n not in info]
+    missing = [n for n in ALL_NODES if n not in info]
     assert not missing, f"not registered in ComfyUI: {missing}\n{comfy.log_tail()}"
-    unexpected = [n for n in info if n.startswith("VF") and n not in EXPECTED_NODES]
+    unexpected = [n for n in info if n.startswith("VF") and n not in ALL_NODES]
     assert not unexpected, f"VF nodes this test does not know about (add them here): {unexpected}"
-    for n in EXPECTED_NODES:
+    for n in ALL_NODES:
         assert info[n]["category"].startswith("VideoForge"), (n, info[n]["category"])
         assert info[n].get("display_name") and info[n]["display_name"] != n, n
     # the tiny files are offered by the loader combos (extra_model_paths.yaml works)
