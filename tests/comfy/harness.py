@@ -33,7 +33,8 @@ import urllib.request
 import uuid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_DIRS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras")
+MODEL_DIRS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras", "annotators",
+              "animatediff_models")
 PACK_LINK_NAME = "videoforge"
 
 # Frontend-only node types: never sent to the server.

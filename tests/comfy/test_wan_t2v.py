@@ -20,7 +20,8 @@ WORKFLOW = os.path.join(REPO_ROOT, "workflows", "wan21_t2v.json")
 EXPECTED_NODES = ["VFLoadVideoModel", "VFLoadVideoVAE", "VFLoadTextEncoder", "VFEncodePrompt",
                   "VFEmptyVideoLatent", "VFSampleVideo", "VFDecodeVideo"]  # the T2V workflow's
 # every node the pack registers
-ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo"]
+ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo",
+                              "VFCanny", "VFDepth", "VFOpenPose"]
 
 
 def load_workflow() -> dict:

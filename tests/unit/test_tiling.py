@@ -54,12 +54,16 @@ def test_spans_cover_with_full_size_windows():
         assert all(w[i + 1][0] <= w[i][1] - min(ov, size) for i in range(len(w) - 1))
 
 
-def test_ramps_sum_to_one_and_are_positive():
-    for n, size, ov in [(40, 16, 4), (37, 16, 8), (100, 24, 6)]:
+def test_ramps_sum_to_one_and_skip_tile_edges():
+    for n, size, ov in [(40, 16, 4), (37, 16, 8), (100, 24, 6), (9, 5, 1)]:
         w = spans(n, size, ov)
         total = torch.zeros(n)
-        for (a, b), r in zip(w, _ramps(w, n)):
-            assert (r > 0).all()
+        for i, ((a, b), r) in enumerate(zip(w, _ramps(w, n))):
+            assert (r >= 0).all()
+            if ov >= 4 and i > 0:  # the pixel at an inner tile edge saw zero padding: unused
+                assert r[0] == 0
+            if ov >= 4 and i + 1 < len(w):
+                assert r[-1] == 0
             total[a:b] += r
         torch.testing.assert_close(total, torch.ones(n), rtol=0, atol=1e-6)
 
@@ -143,7 +147,7 @@ def test_auto_plan_fits_the_budget():
     # does not fit: tiles whose estimated memory fits, multiples of 64, overlap a quarter
     p = auto_plan(CAUSAL, 720, 1280, 129, bytes_per_pixel=3000, budget=2000 * mb, streams_time=True)
     assert p.tile and p.tile % 64 == 0 and 3000 * 4 * p.tile ** 2 <= 2000 * mb
-    assert p.overlap == p.tile // 4 and p.t_tile == 0
+    assert p.overlap == max(p.tile // 4, 48) and p.t_tile == 0
     p.validate(CAUSAL)
     # a VAE that cannot stream gets temporal chunks first
     p = auto_plan(CAUSAL, 256, 256, 129, bytes_per_pixel=1000, budget=64 * 256 * 256 * 1000, streams_time=False)
