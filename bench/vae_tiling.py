@@ -126,8 +126,16 @@ def worker(job: dict) -> dict:
 
 
 # ------------------------------------------------------------------ driver
+# glibc raises its mmap threshold after big frees, so freed per-frame activations stay in the
+# heap and the resident high-water mark creeps up with the number of decode steps. Fixed
+# thresholds show the decoder's own memory; users can set the same variables.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 def run_job(job: dict) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+    env = {**os.environ, **(FIXED_MALLOC if job.get("fixed_malloc") else {})}
+    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
+                       text=True, env=env)
     if r.returncode:
         raise RuntimeError(f"worker failed for {job}:\n{r.stderr[-3000:]}")
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -142,6 +150,11 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dim", type=int, default=96, help="VAE base dim for the memory rows (real: 96)")
+    ap.add_argument("--series-size", type=int, default=128, help="frame side for the frames series")
+    ap.add_argument("--series-tiled", action="store_true", help="also tiled rows in the frames series")
+    ap.add_argument("--hd-frames", type=int, default=1, help="frames of the 720p rows (1 = one latent frame)")
+    ap.add_argument("--malloc-series", action="store_true",
+                    help="only the frames series of ours, with and without fixed glibc thresholds")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vae_tiling.json"))
     a = ap.parse_args()
     if a.worker:
@@ -150,11 +163,23 @@ def main() -> None:
     q = a.quick
     results: dict[str, list] = {"frames": [], "720p": [], "error": []}
     base = dict(weights="random", dim=a.dim)
+    if a.malloc_series:
+        rows = [run_job({**base, "impl": "videoforge", "tile": 0, "overlap": 0, "frames": f,
+                         "height": a.series_size, "width": a.series_size, "fixed_malloc": True})
+                for f in (17, 33, 65, 129)]
+        for r in rows:
+            print(f"| {r['frames']} | {r['peak_mb'] - r['output_mb']:.0f} MB | {r['seconds']:.0f} s |")
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+        return
 
     print("1) peak memory vs frame count (fixed size)")
-    size = 128 if q else 256
+    size = 64 if q else a.series_size
+    impls = (("videoforge", 0), ("comfy", 0))
+    if a.series_tiled:
+        impls += (("videoforge", size // 2), ("comfy", size // 2))
     for frames in ((17, 33) if q else (17, 33, 65, 129)):
-        for impl, tile in (("videoforge", 0), ("videoforge", 128), ("comfy", 0), ("comfy", 128)):
+        for impl, tile in impls:
             results["frames"].append(run_job({**base, "impl": impl, "tile": tile, "overlap": 32,
                                               "frames": frames, "height": size, "width": size}))
 
@@ -162,7 +187,7 @@ def main() -> None:
     h, w = (360, 640) if q else (720, 1280)
     for impl, tile, ov in (("videoforge", 0, 0), ("videoforge", 256, 64), ("comfy", 0, 0), ("comfy", 256, 64)):
         results["720p"].append(run_job({**base, "impl": impl, "tile": tile, "overlap": ov,
-                                        "frames": 5, "height": h, "width": w}))
+                                        "frames": a.hd_frames, "height": h, "width": w}))
 
     print(f"3) tiled vs untiled output, trained tiny VAE ({TRAINED.name})")
     tmp = Path("/tmp/vf_vae_tiling")
@@ -183,11 +208,11 @@ def main() -> None:
         r["mean_abs_vs_own_untiled"] = (o - ref[r["impl"]]).abs().mean().item()
     results["untiled_videoforge_vs_comfy_max_abs"] = (ref["videoforge"] - ref["comfy"]).abs().max().item()
 
-    print("\n| frames | ours untiled | ours tile 128 | ComfyUI untiled | ComfyUI tiled 128 |  (peak MB, output excluded)")
-    print("|---|---|---|---|---|")
+    print("\n| frames | " + " | ".join(f"{i} tile {t}" for i, t in impls) + " |  (peak MB, output excluded)")
+    print("|---" * (len(impls) + 1) + "|")
     for frames in sorted({r["frames"] for r in results["frames"]}):
         row = [r for r in results["frames"] if r["frames"] == frames]
-        print(f"| {frames} | " + " | ".join(f"{r['peak_mb'] - r['output_mb']:.0f}" for r in row) + " |")
+        print(f"| {frames} | " + " | ".join(f"{r['peak_mb'] - r['output_mb']:.0f} MB, {r['seconds']:.0f} s" for r in row) + " |")
     print("\n| 720p-eq | peak MB | seconds |")
     for r in results["720p"]:
         print(f"| {r['impl']} tile {r['tile']} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
