@@ -330,7 +330,9 @@ class ComfyServer:
                     continue
                 kind = m.get("type")
                 if kind == "executing" and data.get("node") is None:
-                    result = {"status": "success", "error": None}
+                    # also sent after a failure whose execution_error we missed (it went out
+                    # before we connected): history says which it was
+                    result = self._settled(prompt_id) or {"status": "success", "error": None}
                 elif kind == "execution_success":
                     result = {"status": "success", "error": None}
                 elif kind in ("execution_error", "execution_interrupted"):
@@ -347,6 +349,15 @@ class ComfyServer:
         result["history_status"] = hist.get("status", {}) if hist else {}
         result["seconds"] = time.monotonic() - t0
         return result
+
+    def _settled(self, prompt_id: str) -> dict | None:
+        """The prompt's outcome from /history once it is recorded there (None if it never is)."""
+        for _ in range(50):
+            hist = self.history(prompt_id)
+            if hist.get("status", {}).get("status_str"):
+                return self._from_history(prompt_id, hist)
+            time.sleep(0.1)
+        return None
 
     @staticmethod
     def _from_history(prompt_id: str, hist: dict) -> dict:
