@@ -23,15 +23,20 @@ class LatentFormat:
     first_frame_alone: bool = True  # causal VAEs: frames = time_ratio * k + 1
     size_multiple: int = 16   # pixel width/height multiple (space_ratio * patch size)
 
-    def check(self, frames: int, height: int, width: int) -> None:
-        """Raise a VideoForgeError saying what to change when the size is not valid."""
-        r, m = self.time_ratio, self.size_multiple
+    def check_frames(self, frames: int) -> None:
+        """Raise a VideoForgeError saying what to use when the frame count does not fit."""
+        r = self.time_ratio
         if self.first_frame_alone and (frames - 1) % r:
             lo = (frames - 1) // r * r + 1
-            raise VideoForgeError(f"frames={frames}: this model needs {r}k+1 frames; "
-                                  f"use {lo} or {lo + r}.")
+            raise VideoForgeError(f"frames={frames}: this model needs {r}k+1 frames "
+                                  f"(1, {r + 1}, {2 * r + 1}, ...); use {lo} or {lo + r}.")
         if not self.first_frame_alone and frames % r:
             raise VideoForgeError(f"frames={frames}: must be a multiple of {r}.")
+
+    def check(self, frames: int, height: int, width: int) -> None:
+        """Raise a VideoForgeError saying what to change when the size is not valid."""
+        self.check_frames(frames)
+        m = self.size_multiple
         for name, v in (("width", width), ("height", height)):
             if v % m or v <= 0:
                 lo = max(m, v // m * m)

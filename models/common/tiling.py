@@ -209,14 +209,11 @@ def tiled_encode(encode: EncodeFn, video: torch.Tensor, fmt: LatentFormat, plan:
                  callback: Progress | None = None) -> torch.Tensor:
     """video [B, 3, F, H, W] -> latent [B, C, T, H/s, W/s] float32, window by window."""
     plan.validate(fmt)
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise VideoForgeError(f"encode: expected video [B, 3, F, H, W], got {tuple(video.shape)}.")
     b, _, f, hp, wp = video.shape
-    s, r = fmt.space_ratio, fmt.time_ratio
-    if fmt.first_frame_alone and (f - 1) % r:
-        lo = (f - 1) // r * r + 1
-        raise VideoForgeError(f"encode: {f} frames given; this VAE takes {r}k+1 frames "
-                              f"(1, {r + 1}, {2 * r + 1}, ...): use {lo} or {lo + r}.")
-    if not fmt.first_frame_alone and f % r:
-        raise VideoForgeError(f"encode: {f} frames given; must be a multiple of {r}.")
+    s = fmt.space_ratio
+    fmt.check_frames(f)
     if hp % s or wp % s:
         raise VideoForgeError(f"encode: size {wp}x{hp} given; width and height must be multiples of {s}.")
     t = fmt.latent_frames(f)

@@ -346,16 +346,10 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def encode_window(self, video: torch.Tensor) -> torch.Tensor:
-        """Video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H and W multiples of 8
-        -> normalised latent (posterior mean) [B, 16, 1 + (F-1)/4, H/8, W/8], float32."""
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise VideoForgeError(f"Wan VAE encode: expected video [B, 3, F, H, W], got {tuple(video.shape)}.")
-        f, h, w = video.shape[2:]
-        if f % 4 != 1:
-            raise VideoForgeError(f"Wan VAE encode: {f} frames given; the frame count must be 4k+1 "
-                                  f"(1, 5, 9, ..., 81), e.g. {f - (f - 1) % 4} or {f + (1 - f) % 4}.")
-        if h % 8 or w % 8:
-            raise VideoForgeError(f"Wan VAE encode: size {w}x{h} given; width and height must be multiples of 8.")
+        """One window: video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H and W multiples of 8 (checked
+        by `tiled_encode`, which calls this) -> normalised latent (posterior mean)
+        [B, 16, 1 + (F-1)/4, H/8, W/8], float32."""
+        f = video.shape[2]
         x = video.to(self.device, self.dtype)
         cache, chunks = FeatCache(), []
         for s in range(0, f, 4):

@@ -418,6 +418,27 @@ def format_rejection(body: dict) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def check_ui_workflow(wf: dict) -> None:
+    """Assert a workflow is in the frontend's UI format (version 0.4) with a consistent link
+    table: ids unique, last ids right, both ends of every link agree, no dangling link ids."""
+    assert wf["version"] == 0.4
+    ids = {n["id"] for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(ids) and len(ids) == len(wf["nodes"])
+    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
+    for n in wf["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs",
+                    "properties", "widgets_values"):
+            assert key in n, (n["id"], key)
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    for lid, src, ss, dst, ds, typ in wf["links"]:  # both ends agree with the link table
+        assert lid in by_id[src]["outputs"][ss]["links"], lid
+        assert by_id[dst]["inputs"][ds]["link"] == lid, lid
+        assert by_id[src]["outputs"][ss]["type"] == typ == by_id[dst]["inputs"][ds]["type"], lid
+    for n in wf["nodes"]:  # and no dangling link ids on the nodes
+        for inp in n["inputs"]:
+            assert inp["link"] is None or any(link[0] == inp["link"] for link in wf["links"])
+
+
 def _widget_inputs(info: dict) -> list[tuple[str, int]]:
     """(name, number of widget values it takes) for a node's widget inputs, in frontend order."""
     out = []

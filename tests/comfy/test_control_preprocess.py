@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from harness import (REPO_ROOT, ComfyServer, find_comfyui, find_node, set_inputs,
+from harness import (check_ui_workflow, REPO_ROOT, ComfyServer, find_comfyui, find_node, set_inputs,
                      video_info)
 
 pytestmark = pytest.mark.skipif(
@@ -121,21 +121,7 @@ def test_nodes_registered(srv):
 # ---------------------------------------------------------------------------- workflow file
 def test_workflow_file_is_valid_ui_format():
     wf = load_workflow()
-    assert wf["version"] == 0.4
-    ids = {n["id"] for n in wf["nodes"]}
-    assert wf["last_node_id"] == max(ids) and len(ids) == len(wf["nodes"])
-    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
-    by_id = {n["id"]: n for n in wf["nodes"]}
-    for lid, src, ss, dst, ds, typ in wf["links"]:
-        assert lid in by_id[src]["outputs"][ss]["links"], lid
-        assert by_id[dst]["inputs"][ds]["link"] == lid, lid
-        assert by_id[src]["outputs"][ss]["type"] == typ == by_id[dst]["inputs"][ds]["type"], lid
-    for n in wf["nodes"]:
-        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs",
-                    "properties", "widgets_values"):
-            assert key in n, (n["id"], key)
-        for inp in n["inputs"]:
-            assert inp["link"] is None or any(link[0] == inp["link"] for link in wf["links"])
+    check_ui_workflow(wf)
     types = sorted(n["type"] for n in wf["nodes"])
     assert types == sorted(["LoadVideo", "GetVideoComponents", *OUR_NODES, *["CreateVideo"] * 3,
                             *["SaveVideo"] * 3, "MarkdownNote"])

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from harness import REPO_ROOT, TINY_NAMES, find_comfyui, find_node, set_inputs, video_info
+from harness import REPO_ROOT, TINY_NAMES, check_ui_workflow, find_comfyui, find_node, set_inputs, video_info
 
 pytestmark = pytest.mark.skipif(find_comfyui() is None, reason="ComfyUI not found")
 
@@ -61,7 +61,9 @@ def mp4s(comfy, result):
 @pytest.mark.parametrize("mode", ["i2v", "flf2v"])
 def test_workflow_settings(comfy, mode):
     with open(WORKFLOWS[mode], encoding="utf-8") as f:
-        api = comfy.ui_to_api(json.load(f))
+        wf = json.load(f)
+    check_ui_workflow(wf)
+    api = comfy.ui_to_api(wf)
     kinds = sorted(v["class_type"] for v in api.values())
     assert kinds.count("LoadImage") == (2 if mode == "flf2v" else 1)
     lat_id, lat = find_node(api, "VFImageToVideoLatent")

@@ -109,7 +109,7 @@ def test_cache_holds_only_frame_tails(pair):
 
 def test_rejects_frame_count_not_4k_plus_1(pair):
     ours, _ = pair
-    with pytest.raises(VideoForgeError, match=r"8 frames.*4k\+1"):
+    with pytest.raises(VideoForgeError, match=r"frames=8.*4k\+1"):
         ours.encode(torch.zeros(1, 3, 8, 32, 32))
 
 
