@@ -4,6 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 env=$(bash "$root/.ci/env.sh")
+# chromium + playwright-core for tests/comfy/test_browser.py (which reads this variable).
+VIDEOFORGE_NODE_PATH=$(bash "$root/.ci/browser_env.sh")
+export VIDEOFORGE_NODE_PATH
 cd "$root"
 set +e
 "$env/bin/python" -m pytest tests -q -rs "$@"
