@@ -36,6 +36,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 MODEL_DIRS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras", "annotators",
               "animatediff_models")
 PACK_LINK_NAME = "videoforge"
+# demo/weights/<folder>/videoforge_demo_*.safetensors (workflows/videoforge_demo_t2v.json)
+DEMO_WEIGHTS = os.path.join(REPO_ROOT, "demo", "weights")
+DEMO_DIRS = ("diffusion_models", "vae", "text_encoders")
+DEMO_WORKFLOW = os.path.join(REPO_ROOT, "workflows", "videoforge_demo_t2v.json")
 
 # Frontend-only node types: never sent to the server.
 # (PrimitiveNode is the legacy frontend "Primitive": its value already sits in the widgets_values
@@ -149,6 +153,11 @@ class ComfyServer:
             f.write(f"    base_path: {json.dumps(self.models_dir)}\n")
             f.write("    is_default: true\n")
             for d in MODEL_DIRS:
+                f.write(f"    {d}: {d}/\n")
+            # The demo model the project trained (demo/train.py), served from the repo itself.
+            f.write("videoforge_demo:\n")
+            f.write(f"    base_path: {json.dumps(DEMO_WEIGHTS)}\n")
+            for d in DEMO_DIRS:
                 f.write(f"    {d}: {d}/\n")
         self._link_pack()
 
@@ -439,7 +448,7 @@ def check_ui_workflow(wf: dict) -> None:
             assert inp["link"] is None or any(link[0] == inp["link"] for link in wf["links"])
 
 
-def _widget_inputs(info: dict) -> list[tuple[str, int]]:
+def widget_inputs(info: dict) -> list[tuple[str, int]]:
     """(name, number of widget values it takes) for a node's widget inputs, in frontend order."""
     out = []
     inputs = info.get("input", {})
@@ -523,7 +532,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         info = object_info[ntype]
         inputs: dict = {}
         wv = node.get("widgets_values")
-        widgets = _widget_inputs(info)
+        widgets = widget_inputs(info)
         if isinstance(wv, dict):
             for name, _ in widgets:
                 if name in wv:
@@ -549,20 +558,24 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     return api
 
 
-def video_info(path: str) -> tuple[int, int, int]:
-    """(frames, width, height) of a video file, counted by decoding with PyAV."""
+def read_video(path: str):
+    """All frames of a video file as uint8 RGB [F, H, W, 3] (numpy), decoded with PyAV."""
     import av
+    import numpy as np
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        frames = 0
-        width = height = 0
-        for frame in container.decode(stream):
-            frames += 1
-            width, height = frame.width, frame.height
-        if frames == 0:
-            width, height = stream.codec_context.width, stream.codec_context.height
-    return frames, width, height
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        if not frames:
+            w, h = stream.codec_context.width, stream.codec_context.height
+            return np.zeros((0, h, w, 3), np.uint8)
+    return np.stack(frames)
+
+
+def video_info(path: str) -> tuple[int, int, int]:
+    """(frames, width, height) of a video file, counted by decoding with PyAV."""
+    v = read_video(path)
+    return v.shape[0], v.shape[2], v.shape[1]
 
 
 def set_inputs(api: dict, class_type: str, **values) -> None:
