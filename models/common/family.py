@@ -63,10 +63,13 @@ class VideoModel(Protocol):
     variant: str             # e.g. "t2v-1.3B"
     latent: LatentFormat
     prediction: str          # "flow" (velocity), "eps" or "v"
-    default_shift: float
+    default_shift: float     # flow models
+    # eps / v models also carry `noise_schedule` (models.sampling.discrete.NoiseSchedule).
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
-        """x [B, C, T, H, W], sigma [B] in [0, 1] -> prediction like x."""
+        """flow: x [B, C, T, H, W] flow latent, sigma [B] in [0, 1] -> velocity like x.
+        eps / v: x the VP latent (a diffusers UNet's input), sigma [B] the network timestep
+        (float32, 0..999) -> the raw eps / v output like x; see models/sampling/discrete.py."""
         ...
 
 

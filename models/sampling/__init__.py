@@ -1,26 +1,55 @@
-"""Family-agnostic flow-matching sampling: schedules, solvers, guidance, seeded noise."""
+"""Family-agnostic sampling: one flow-space loop and solver set for flow models and, rewritten as
+flow models (discrete.py), for discrete eps / v models; schedules, guidance, seeded noise."""
 
+from .discrete import (
+    BETA_SCHEDULES,
+    SPACINGS,
+    DiscreteSteps,
+    NoiseSchedule,
+    discrete_steps,
+    flow_to_vp,
+    karras_sigmas,
+    vp_denoiser,
+)
 from .guidance import guided
-from .noise import make_noise, noise_latent
+from .noise import make_noise, noise_latent, noise_stream
 from .sampler import Callback, ModelFn, sample
-from .schedules import NUM_TRAIN_TIMESTEPS, flow_sigmas, shift_sigmas, sigma_to_timestep
-from .solvers import SOLVERS, History, dpmpp_2m, euler, get_solver, unipc
+from .schedules import (
+    NUM_TRAIN_TIMESTEPS,
+    flow_sigmas,
+    shift_sigmas,
+    sigma_to_timestep,
+    total_steps,
+)
+from .solvers import SOLVERS, History, Solver, dpmpp_2m, euler, euler_ancestral, get_solver, unipc
 
 __all__ = [
+    "BETA_SCHEDULES",
     "NUM_TRAIN_TIMESTEPS",
     "SOLVERS",
+    "SPACINGS",
     "Callback",
+    "DiscreteSteps",
     "History",
     "ModelFn",
+    "NoiseSchedule",
+    "Solver",
+    "discrete_steps",
     "dpmpp_2m",
     "euler",
+    "euler_ancestral",
     "flow_sigmas",
+    "flow_to_vp",
     "get_solver",
     "guided",
+    "karras_sigmas",
     "make_noise",
     "noise_latent",
+    "noise_stream",
     "sample",
     "shift_sigmas",
     "sigma_to_timestep",
+    "total_steps",
     "unipc",
+    "vp_denoiser",
 ]

@@ -1,12 +1,28 @@
-"""Seeded starting noise and the flow-matching forward (noising) process."""
+"""Seeded noise (the start and, for stochastic solvers, one draw per step) and the
+flow-matching forward (noising) process."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ..common.errors import VideoForgeError
+
+
+def noise_stream(shape: Sequence[int], seed: int) -> Callable[[], torch.Tensor]:
+    """Successive float32 CPU draws of standard normal noise of ``shape`` from one generator.
+
+    The first draw is the starting noise (`make_noise`); stochastic solvers take the next ones,
+    one per step. That is the order in which a diffusers pipeline given
+    ``generator=torch.Generator("cpu").manual_seed(seed)`` draws its latents and then its
+    ancestral noise, so a seed reproduces such a run.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise VideoForgeError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    shape = tuple(shape)
+    return lambda: torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 def make_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -15,10 +31,7 @@ def make_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float
     Drawn on the CPU in float32 (then cast) because CUDA and CPU generators, and randn in
     different dtypes, produce different streams; the caller moves the result to its device.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise VideoForgeError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(dtype)
+    return noise_stream(shape, seed)().to(dtype)
 
 
 def noise_latent(latent: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -41,6 +41,17 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
+def total_steps(steps: int, denoise: float) -> int:
+    """Steps of the full schedule whose last ``steps`` a partial ``denoise`` runs (ComfyUI's
+    KSampler rule, shared by the flow and the discrete schedules)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise VideoForgeError(f"steps must be an integer >= 1, got {steps!r}")
+    if not 0.0 < denoise <= 1.0:
+        raise VideoForgeError(f"denoise must be in (0, 1], got {denoise!r}")
+    # The tiny epsilon keeps e.g. 3 / 0.3 = 9.999... from losing a step to float rounding.
+    return steps if denoise == 1.0 else int(steps / denoise + 1e-6)
+
+
 def flow_sigmas(steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
     """The ``steps + 1`` sigmas (float32, decreasing, last 0) for ``steps`` sampler steps.
 
@@ -48,15 +59,9 @@ def flow_sigmas(steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
     ``int(steps / denoise)`` steps and its last ``steps + 1`` sigmas are kept, so ``steps`` is
     always the number of model evaluations and a partial denoise starts part-way down the curve.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise VideoForgeError(f"steps must be an integer >= 1, got {steps!r}")
+    total = total_steps(steps, denoise)
     if not shift > 0:
         raise VideoForgeError(f"shift must be > 0, got {shift!r}")
-    if not 0.0 < denoise <= 1.0:
-        raise VideoForgeError(f"denoise must be in (0, 1], got {denoise!r}")
-
-    # The tiny epsilon keeps e.g. 3 / 0.3 = 9.999... from losing a step to float rounding.
-    total = steps if denoise == 1.0 else int(steps / denoise + 1e-6)
     # Same arithmetic as numpy.linspace(1, 1/1000, total + 1), which diffusers uses, minus its end.
     step = (1.0 / NUM_TRAIN_TIMESTEPS - 1.0) / total
     base = 1.0 + torch.arange(total, dtype=torch.float64) * step

@@ -2,10 +2,16 @@
 
 Every solver is a pure function ``step(x, v, sigmas, i, history) -> (x_next, history)`` that moves
 the latent from ``sigmas[i]`` to ``sigmas[i + 1]`` given the velocity ``v`` the model predicted at
-``(x, sigmas[i])``. The multistep solvers work in log-SNR ``lambda = log((1 - s) / s)`` and match
+``(x, sigmas[i])``; the stochastic one also takes ``noise``, a callable drawing standard normal
+noise like ``x``. The multistep solvers work in log-SNR ``lambda = log((1 - s) / s)`` and match
 diffusers' schedulers configured for flow models (``prediction_type="flow_prediction"``,
 ``use_flow_sigmas=True``, ``final_sigmas_type="zero"``). Scalar coefficients are computed in
 float64 Python floats; only the latents are tensors.
+
+eps / v models run through the same rules after `discrete.py` rewrites them as flow models. That
+rewrite is exact, and these steps are invariant under it: DDIM (eta 0) and diffusers' Euler are
+the flow Euler step, DPM-Solver++ and UniPC depend on the noise levels only through log-SNR, and
+`euler_ancestral` is the DDPM posterior step, which every parametrisation shares.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +58,36 @@ def euler(
 ) -> tuple[torch.Tensor, History]:
     """First-order flow ODE step (FlowMatchEulerDiscreteScheduler): x + (sigma_next - sigma) * v."""
     return x + (sigmas[i + 1] - sigmas[i]) * v, history
+
+
+def euler_ancestral(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigmas: Sequence[float],
+    i: int,
+    history: History,
+    *,
+    noise: Callable[[], torch.Tensor],
+) -> tuple[torch.Tensor, History]:
+    """Ancestral Euler (eta 1): Euler down to ``sigma_down``, then fresh noise up to ``sigma_next``.
+
+    The split is k-diffusion's (diffusers' EulerAncestralDiscreteScheduler) in VE noise levels
+    ``S = sigma / (1 - sigma)``: ``S_down = S_next^2 / S``, ``S_up^2 = S_next^2 - S_down^2``, which
+    makes the step sample the DDPM posterior q(x_next | x, x0) given the predicted x0, whatever the
+    parametrisation (ComfyUI's euler_ancestral_RF splits in flow sigmas instead; a different
+    sampler). A flow latent is a VE latent times ``1 - sigma``, hence the rescale below.
+    """
+    s, t = sigmas[i], sigmas[i + 1]
+    s_next = t / (1.0 - t)
+    s_down = s_next * s_next * (1.0 - s) / s  # S_next^2 / S, finite at sigma 1 (S infinite)
+    s_up = math.sqrt(max(s_next * s_next - s_down * s_down, 0.0))
+    down = s_down / (1.0 + s_down)  # the flow sigma of S_down
+    x = x + (down - s) * v
+    # VE latent at S_down -> VE latent at S_next (add S_up noise) -> flow latent at t.
+    x = (1.0 - t) * (1.0 + s_down) * x
+    if s_up > 0.0:  # zero on the last step (t = 0), where the step lands on x0
+        x = x + ((1.0 - t) * s_up) * noise().to(x)
+    return x, history
 
 
 def dpmpp_2m(
@@ -140,17 +177,26 @@ def unipc(
     return x_next, History(x0=x0s, x_start=x, order=order)
 
 
-# Solvers by widget name, and whether they need sigmas strictly below 1 (finite log-SNR).
-_SOLVERS: dict[str, tuple[Step, bool]] = {
-    "euler": (euler, False),
-    "unipc": (unipc, True),
-    "dpm++_2m": (dpmpp_2m, True),
+class Solver(NamedTuple):
+    step: Callable[..., tuple[torch.Tensor, History]]  # a `Step`, plus ``noise=`` if stochastic
+    needs_finite_log_snr: bool  # sigmas must stay strictly below 1
+    stochastic: bool  # takes ``noise``: a callable drawing fresh standard normal noise like x
+
+
+# Solvers by widget name. "ddim" is the Euler step (see the module docstring); it is its own name
+# because eps / v models place its steps as diffusers' DDIMScheduler does (discrete.py).
+_SOLVERS: dict[str, Solver] = {
+    "euler": Solver(euler, False, False),
+    "unipc": Solver(unipc, True, False),
+    "dpm++_2m": Solver(dpmpp_2m, True, False),
+    "ddim": Solver(euler, False, False),
+    "euler_ancestral": Solver(euler_ancestral, False, True),
 }
 SOLVERS: tuple[str, ...] = tuple(_SOLVERS)
 
 
-def get_solver(name: str) -> tuple[Step, bool]:
-    """The step function for ``name`` and whether it needs sigmas below 1."""
+def get_solver(name: str) -> Solver:
+    """The step function for ``name`` and what it needs."""
     try:
         return _SOLVERS[name]
     except (KeyError, TypeError):
