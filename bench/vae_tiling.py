@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-TRAINED = ROOT / "demo" / "weights" / "wan_vae_tiny.safetensors"
+TRAINED = ROOT / "demo" / "weights" / "vae" / "videoforge_demo_wan_vae.safetensors"
 
 
 # ------------------------------------------------------------------ worker (one decode)

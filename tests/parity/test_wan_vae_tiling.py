@@ -11,7 +11,8 @@ from demo.data import make_clip
 from models.common.tiling import TilePlan
 from models.wan.vae import WanVAE
 
-TRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "weights", "wan_vae_tiny.safetensors")
+TRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "weights", "vae",
+                       "videoforge_demo_wan_vae.safetensors")
 
 
 @pytest.fixture(scope="module")
