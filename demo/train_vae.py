@@ -62,11 +62,31 @@ def init_weights(vae: torch.nn.Module) -> None:
                 torch.nn.init.zeros_(m.bias)
 
 
+def _optimiser(params: list[torch.nn.Parameter], lr: float, steps: int):
+    """Adam with a cosine decay to 10% over `steps`."""
+    opt = torch.optim.Adam(params, lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps)))
+
+
+def _update(loss: torch.Tensor, opt, sched, params: list[torch.nn.Parameter]) -> None:
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    sched.step()
+
+
+def _psnr(y: torch.Tensor, x: torch.Tensor) -> float:
+    """dB between two clips in [-1, 1]."""
+    return -10 * torch.log10(((y - x) / 2).square().mean()).item()
+
+
 def _fit(vae, steps: int, phases: Callable[[int], tuple[int, int]], lr: float, kl_weight: float,
          anchor_weight: float, seed: int, log: Callable[[str], None], first_clip: int = 0):
     """Adam with a cosine decay to 10%; `phases(step)` -> (frames, batch size) of that step."""
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    params = list(vae.parameters())
+    opt, sched = _optimiser(params, lr, steps)
     m = torch.tensor(LATENT_MEAN).view(1, -1, 1, 1, 1)
     s = torch.tensor(LATENT_STD).view(1, -1, 1, 1, 1)
     g = torch.Generator().manual_seed(seed + 1)
@@ -82,16 +102,10 @@ def _fit(vae, steps: int, phases: Callable[[int], tuple[int, int]], lr: float, k
         var = logvar.exp() / s ** 2
         kl = 0.5 * ((mu - m) ** 2 / s ** 2 + var - 1 - var.log()).mean()
         anchor = (mu[:, :3] - 2 * colour_anchor(x)).square().mean()
-        loss = rec + kl_weight * kl + anchor_weight * anchor
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        _update(rec + kl_weight * kl + anchor_weight * anchor, opt, sched, params)
         if step % 20 == 0 or step == steps - 1:
-            psnr = -10 * torch.log10(((y - x) / 2).square().mean()).item()
             log(f"vae step {step:4d} ({frames} frames)  rec {rec.item():.4f}  anchor {anchor.item():.3f}  "
-                f"kl {kl.item():.2f}  psnr {psnr:.1f} dB  {time.time() - t0:.0f} s")
+                f"kl {kl.item():.2f}  psnr {_psnr(y, x):.1f} dB  {time.time() - t0:.0f} s")
     return vae.eval()
 
 
@@ -143,8 +157,7 @@ def finetune_decoder(path: str, steps: int, frames: int = 17, batch_size: int = 
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    opt, sched = _optimiser(params, lr, steps)
     g = torch.Generator().manual_seed(seed + 200)
     t0 = time.time()
     for step in range(steps):
@@ -154,15 +167,10 @@ def finetune_decoder(path: str, steps: int, frames: int = 17, batch_size: int = 
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         y = vae.decode(z).sample
         rec = (y - x).abs().mean() + (y - x).square().mean()
-        opt.zero_grad()
-        rec.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        sched.step()
+        _update(rec, opt, sched, params)
         if step % 20 == 0 or step == steps - 1:
-            psnr = -10 * torch.log10(((y - x) / 2).square().mean()).item()
-            log(f"vae decoder step {step:4d} ({frames} frames)  rec {rec.item():.4f}  psnr {psnr:.1f} dB  "
-                f"{time.time() - t0:.0f} s")
+            log(f"vae decoder step {step:4d} ({frames} frames)  rec {rec.item():.4f}  "
+                f"psnr {_psnr(y, x):.1f} dB  {time.time() - t0:.0f} s")
     return vae.eval()
 
 
