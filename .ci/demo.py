@@ -24,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "comfy"))
 sys.path.insert(0, ROOT)
 
-from harness import DEMO_WORKFLOW, ComfyServer, read_video, set_inputs  # noqa: E402
+from harness import DEMO_WORKFLOW, ComfyServer, find_node, read_video, set_inputs  # noqa: E402
 
 
 def save_previews(frames, stem: str, fps: int, scale: int = 3) -> tuple[str, str]:
@@ -66,9 +66,9 @@ def main() -> int:
             set_inputs(api, "VFEncodePrompt", positive=args.prompt)
         if args.seed is not None:
             set_inputs(api, "VFSampleVideo", seed=args.seed)
-        prompt = next(n for n in api.values() if n["class_type"] == "VFEncodePrompt")["inputs"]["positive"]
-        sample = next(n for n in api.values() if n["class_type"] == "VFSampleVideo")["inputs"]
-        fps = next(n for n in api.values() if n["class_type"] == "CreateVideo")["inputs"]["fps"]
+        prompt = find_node(api, "VFEncodePrompt")[1]["inputs"]["positive"]
+        sample = find_node(api, "VFSampleVideo")[1]["inputs"]
+        fps = find_node(api, "CreateVideo")[1]["inputs"]["fps"]
         print(f"prompt: {prompt!r}, seed {sample['seed']}, {sample['steps']} {sample['sampler']} steps, "
               f"cfg {sample['cfg']}", flush=True)
         t = time.monotonic()

@@ -92,6 +92,12 @@ def text_config(vocab: int):
 
 
 # ----------------------------------------------------------------------------------- VAE
+def file_metadata(path: str) -> dict[str, str]:
+    """A safetensors file's metadata (what earlier stages recorded), as a new dict."""
+    with safe_open(path, "pt") as f:
+        return dict(f.metadata() or {})
+
+
 def standardise_latents(path: str, clips: int = 256, seed: int = 999) -> tuple[list[float], list[float]]:
     """Make the saved VAE's normalised latents ~N(0, 1) per channel on the training clips, as
     the real Wan VAE's are on real video (the DiT's noise has unit scale).
@@ -101,7 +107,6 @@ def standardise_latents(path: str, clips: int = 256, seed: int = 999) -> tuple[l
     reconstruction is unchanged (up to fp16 rounding of the two small convs).
     Returns the measured (mu, sigma) of the latents before the change."""
     from safetensors.torch import load_file, save_file
-    from safetensors import safe_open
 
     from models.loader import load_video_vae
     from models.wan.vae import LATENT_MEAN, LATENT_STD
@@ -123,8 +128,7 @@ def standardise_latents(path: str, clips: int = 256, seed: int = 999) -> tuple[l
     w2, b2 = sd["conv2.weight"], sd["conv2.bias"]          # [z, z, 1, 1, 1] on the latent
     b2 -= (w2[:, :, 0, 0, 0] @ (b / a))
     w2 /= a.view(1, -1, 1, 1, 1)
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
+    meta = file_metadata(path)
     meta["latents_standardised"] = "conv1/conv2 absorb the per-channel mean/std of the training clips"
     save_file({k: v.half().contiguous() for k, v in sd.items()}, path, metadata=meta)
     return mu.tolist(), sigma.tolist()
@@ -291,8 +295,7 @@ def main() -> None:
         # This order is the one the committed file was made with: the 9-frame fine-tune came
         # after the first run (1 / 5-frame clips) decoded 17-frame clips blurred past frame 4.
         t0 = time.time()
-        with safe_open(VAE_PATH, "pt") as f:
-            vae_meta = dict(f.metadata() or {})
+        vae_meta = file_metadata(VAE_PATH)
         vae = finetune_vae(VAE_PATH, args.vae_finetune_steps, seed=args.seed, log=log)
         save_vae(vae, VAE_PATH, {**vae_meta, "finetune_steps_9_frames": str(args.vae_finetune_steps)})
         standardise(VAE_PATH)
@@ -314,8 +317,7 @@ def main() -> None:
     if args.stage in ("all", "vae-decoder"):
         # Decoder side only: the latents the DiT learned stay exactly the same.
         t0 = time.time()
-        with safe_open(VAE_PATH, "pt") as f:
-            vae_meta = dict(f.metadata() or {})
+        vae_meta = file_metadata(VAE_PATH)
         vae = finetune_decoder(VAE_PATH, args.vae_decoder_steps, seed=args.seed, log=log)
         save_vae(vae, VAE_PATH, {**vae_meta, "decoder_steps_17_frames": str(args.vae_decoder_steps)})
         log(f"vae: decoder fine-tuned on 17-frame clips in {time.time() - t0:.0f} s")
