@@ -30,10 +30,14 @@ class SampleVideo:
             "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift of the sigma schedule (Wan2.1: 3 for 480p, 5 for 720p)."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }, "optional": {
+            "context_options": ("VF_CONTEXT_OPTIONS", {"tooltip":
+                                "Context Options: denoise long clips in overlapping windows of "
+                                "frames (AnimateDiff beyond its motion module's length)."}),
         }}
 
     def sample(self, model, conditioning, latent, seed: int, steps: int, cfg: float,
-               sampler: str, shift: float, denoise: float):
+               sampler: str, shift: float, denoise: float, context_options=None):
         check_same_family(model=model, conditioning=conditioning["family"],
                           latent=latent.get("vf_family", model.family))
         model.check_cond(conditioning["positive"])
@@ -43,7 +47,7 @@ class SampleVideo:
             out = generate(model, latent["samples"], conditioning["positive"],
                            conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
                            solver=sampler, shift=shift, denoise=denoise,
-                           extra=latent.get("vf_cond"),
+                           extra=latent.get("vf_cond"), context=context_options,
                            callback=lambda i, n, *_: bar(i + 1, n))
         finally:
             model.to(offload_device())

@@ -1,6 +1,15 @@
 """Family-agnostic sampling: one flow-space loop and solver set for flow models and, rewritten as
 flow models (discrete.py), for discrete eps / v models; schedules, guidance, seeded noise."""
 
+from .context import (
+    FUSE_MODES,
+    SCHEDULES,
+    ContextOptions,
+    context_windows,
+    ordered_halving,
+    window_weights,
+    windowed,
+)
 from .discrete import (
     BETA_SCHEDULES,
     SPACINGS,
@@ -25,15 +34,19 @@ from .solvers import SOLVERS, History, Solver, dpmpp_2m, euler, euler_ancestral,
 
 __all__ = [
     "BETA_SCHEDULES",
+    "FUSE_MODES",
     "NUM_TRAIN_TIMESTEPS",
+    "SCHEDULES",
     "SOLVERS",
     "SPACINGS",
     "Callback",
+    "ContextOptions",
     "DiscreteSteps",
     "History",
     "ModelFn",
     "NoiseSchedule",
     "Solver",
+    "context_windows",
     "discrete_steps",
     "dpmpp_2m",
     "euler",
@@ -46,10 +59,13 @@ __all__ = [
     "make_noise",
     "noise_latent",
     "noise_stream",
+    "ordered_halving",
     "sample",
     "shift_sigmas",
     "sigma_to_timestep",
     "total_steps",
     "unipc",
     "vp_denoiser",
+    "window_weights",
+    "windowed",
 ]

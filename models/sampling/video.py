@@ -9,6 +9,7 @@ import torch
 
 from ..common.errors import VideoForgeError
 from ..common.family import VideoModel
+from .context import ContextOptions, nearest_step, windowed
 from .discrete import VP_PREDICTIONS, DiscreteSteps, NoiseSchedule, discrete_steps, vp_denoiser
 from .guidance import guided
 from .noise import noise_stream
@@ -24,11 +25,30 @@ def _noise_schedule(model: VideoModel, beta_schedule: str | None) -> NoiseSchedu
     return schedule if beta_schedule is None else replace(schedule, beta_schedule=beta_schedule)
 
 
+def _check_frames(model: VideoModel, frames: int, context: ContextOptions | None) -> None:
+    """A model with a frame limit (``max_frames``: an AnimateDiff motion module's length in
+    latent frames) must see at most that many frames per call."""
+    limit = getattr(model, "max_frames", None)
+    if limit is None or frames <= limit:
+        return
+    size = min(16, limit)
+    example = f"length {size}, overlap {min(4, size // 4)}"
+    if context is None:
+        raise VideoForgeError(f"{frames} frames exceed this model's {limit}-frame motion module; "
+                              f"connect Context Options (e.g. {example}) to Sample Video or use "
+                              f"at most {limit} frames")
+    if context.length > limit:
+        raise VideoForgeError(f"Context Options length {context.length} exceeds this model's "
+                              f"{limit}-frame motion module; use a length of at most {limit} "
+                              f"(e.g. {example})")
+
+
 def generate(model: VideoModel, latent: torch.Tensor, positive: dict[str, Any],
              negative: dict[str, Any] | None, *, seed: int, steps: int, cfg: float,
              solver: str = "unipc", shift: float | None = None, denoise: float = 1.0,
              beta_schedule: str | None = None, karras: bool = False, spacing: str | None = None,
-             extra: dict[str, Any] | None = None, callback: Callback | None = None) -> torch.Tensor:
+             extra: dict[str, Any] | None = None, callback: Callback | None = None,
+             context: ContextOptions | None = None) -> torch.Tensor:
     """Sample a latent video.
 
     Args:
@@ -39,6 +59,9 @@ def generate(model: VideoModel, latent: torch.Tensor, positive: dict[str, Any],
             model's (`discrete.BETA_SCHEDULES`), Karras sigmas, another timestep spacing than
             the solver's diffusers default (`discrete.SPACINGS`).
         extra: conditioning shared by both passes (e.g. I2V image latent and mask).
+        context: denoise the frames in overlapping windows (`context.windowed`) at every model
+            call; needed beyond a motion module's length (a model's ``max_frames``). A clip no
+            longer than the window gives exactly the result without it.
     Returns:
         [B, C, T, H, W] float32 on the model's device (for eps / v models the VP latent).
     """
@@ -49,6 +72,7 @@ def generate(model: VideoModel, latent: torch.Tensor, positive: dict[str, Any],
         raise VideoForgeError(f"latent of shape {tuple(latent.shape)} does not fit this "
                               f"{model.family} model ([B, {model.latent.channels}, T, H, W] "
                               "expected); create it with Empty Video Latent from this model.")
+    _check_frames(model, latent.shape[2], context)
     extra = extra or {}
     pos = {**positive, **extra}
     neg = {**negative, **extra} if negative is not None else None
@@ -65,14 +89,21 @@ def generate(model: VideoModel, latent: torch.Tensor, positive: dict[str, Any],
             raise VideoForgeError(f"beta_schedule / karras / spacing are for eps / v models; this "
                                   f"{model.family} model is a flow model (use shift).")
         sigmas = flow_sigmas(steps, model.default_shift if shift is None else shift, denoise)
+        net = model.denoise
+        if context is not None:
+            net = windowed(net, context, nearest_step(
+                [model_sigma(s, solver) for s in sigmas.tolist()[:-1]]), num_steps=steps)
 
         def run(x: torch.Tensor, sigma: float, cond: dict[str, Any]) -> torch.Tensor:
-            return model.denoise(x, torch.full((x.shape[0],), model_sigma(sigma, solver)), cond)
+            return net(x, torch.full((x.shape[0],), model_sigma(sigma, solver)), cond)
     else:
         plan = discrete_steps(_noise_schedule(model, beta_schedule), steps, solver,
                               spacing=spacing, karras=karras, denoise=denoise)
         sigmas = plan.sigmas
-        run = vp_denoiser(model.denoise, model.prediction, plan)
+        net = model.denoise
+        if context is not None:
+            net = windowed(net, context, nearest_step(plan.timesteps), num_steps=steps)
+        run = vp_denoiser(net, model.prediction, plan)
 
     model_fn = guided(run, pos, neg, cfg)
     out = sample(model_fn, noise, sigmas, solver, x_init=x_init,
