@@ -34,12 +34,20 @@ def _weight(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return w, b
 
 
+def _native(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Weights already usable as stored: same dtype as x (biases too: load_weights keeps 1-D
+    tensors in float32, so a bf16 model's biases still need the cast) and no fp8 scale."""
+    bias = layer.bias
+    return (layer.weight.dtype == x.dtype and layer.scale_weight is None
+            and (bias is None or bias.dtype == x.dtype))
+
+
 class Linear(nn.Linear):
     """nn.Linear that computes in the input's dtype whatever the stored dtype."""
     scale_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == x.dtype and self.scale_weight is None:
+        if _native(self, x):
             return F.linear(x, self.weight, self.bias)
         w, b = _weight(self, x)
         return F.linear(x, w, b)
@@ -49,10 +57,39 @@ class Conv3d(nn.Conv3d):
     scale_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == x.dtype and self.scale_weight is None:
+        if _native(self, x):
             return super().forward(x)
         w, b = _weight(self, x)
         return self._conv_forward(x, w, b)
+
+
+class Conv2d(nn.Conv2d):
+    scale_weight: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _native(self, x):
+            return super().forward(x)
+        w, b = _weight(self, x)
+        return self._conv_forward(x, w, b)
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm whose (float32-kept) affine parameters follow the activation dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.group_norm(x, self.num_groups, w, b, self.eps)
+
+
+def compute_dtype_for(storage: torch.dtype, device: torch.device) -> torch.dtype:
+    """fp8 / half storage computes in bf16 on GPUs; on CPU everything computes in fp32
+    (CPU half matmuls are slow; fp16 overflows in some models' activations, e.g. Wan)."""
+    if device.type == "cpu":
+        return torch.float32
+    if storage in (torch.float16, torch.float32):
+        return storage
+    return torch.bfloat16
 
 
 def storage_dtype_of(sd: dict[str, torch.Tensor]) -> torch.dtype:

@@ -8,7 +8,7 @@ import torch
 
 from ..common.errors import VideoForgeError
 from ..common.tiling import TilePlan
-from ..common.ops import load_weights, storage_dtype_of
+from ..common.ops import compute_dtype_for, load_weights, storage_dtype_of
 from ..common.rope import rope_table
 from .convert import is_wan_dit, normalize_dit_keys
 from .model import WanConfig, WanModel
@@ -16,16 +16,6 @@ from .vae import LATENT_FORMAT
 
 FAMILY = "wan"
 LATENT = LATENT_FORMAT
-
-
-def compute_dtype_for(storage: torch.dtype, device: torch.device) -> torch.dtype:
-    """fp8 / half storage computes in bf16 on GPUs; on CPU everything computes in fp32
-    (CPU half matmuls are slow and fp16 overflows in Wan's activations)."""
-    if device.type == "cpu":
-        return torch.float32
-    if storage in (torch.float16, torch.float32):
-        return storage
-    return torch.bfloat16
 
 
 class WanVideoModel:
