@@ -13,7 +13,7 @@ from ..models.common.errors import VideoForgeError
 CATEGORY = "VideoForge"
 
 # Our own model folders (DESIGN §1); registered once, extra_model_paths.yaml can add more.
-for _name in ("animatediff_models", "annotators"):
+for _name in ("animatediff_models", "animatediff_motion_lora", "annotators"):
     if _name not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name))
 

@@ -34,10 +34,14 @@ class SampleVideo:
             "context_options": ("VF_CONTEXT_OPTIONS", {"tooltip":
                                 "Context Options: denoise long clips in overlapping windows of "
                                 "frames (AnimateDiff beyond its motion module's length)."}),
+            "karras": ("BOOLEAN", {"default": False, "tooltip": "Karras sigmas (e.g. dpm++_2m "
+                       "karras) for noise-schedule models such as SD1.5 / AnimateDiff; flow "
+                       "models (Wan) use shift instead."}),
         }}
 
     def sample(self, model, conditioning, latent, seed: int, steps: int, cfg: float,
-               sampler: str, shift: float, denoise: float, context_options=None):
+               sampler: str, shift: float, denoise: float, context_options=None,
+               karras: bool = False):
         check_same_family(model=model, conditioning=conditioning["family"],
                           latent=latent.get("vf_family", model.family))
         model.check_cond(conditioning["positive"])
@@ -47,7 +51,7 @@ class SampleVideo:
             out = generate(model, latent["samples"], conditioning["positive"],
                            conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
                            solver=sampler, shift=shift, denoise=denoise,
-                           extra=latent.get("vf_cond"), context=context_options,
+                           extra=latent.get("vf_cond"), context=context_options, karras=karras,
                            callback=lambda i, n, *_: bar(i + 1, n))
         finally:
             model.to(offload_device())
