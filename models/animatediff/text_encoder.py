@@ -74,6 +74,7 @@ from typing import Any
 import torch
 
 from ..common.errors import VideoForgeError
+from ..common.ops import mismatch_report
 
 FAMILY = "sd15"
 CONTEXT_LEN = 77          # tokens per chunk, BOS and EOS included
@@ -255,15 +256,9 @@ def _weights(sd: dict, root: str, own: dict, dtype: torch.dtype, where: str) -> 
     bad = [f"{root}{k}: file {tuple(local[k].shape)} vs model {tuple(own[own_names[k]].shape)}"
            for k in want & set(local) if tuple(local[k].shape) != tuple(own[own_names[k]].shape)]
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {[root + k for k in missing[:3]]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {[root + k for k in unexpected[:3]]})")
-        if bad:
-            parts.append(f"{len(bad)} shape mismatches (e.g. {bad[:2]})")
+        report = mismatch_report([root + k for k in missing], [root + k for k in unexpected], bad)
         raise VideoForgeError(f"{where}: CLIP text encoder is incomplete or not a standard CLIP text "
-                              "transformer: " + "; ".join(parts) + ". Re-download the file.")
+                              f"transformer: {report}. Re-download the file.")
     out: dict[str, torch.Tensor] = {}
     for k in want:
         v = local[k]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..common.checkpoint import strip_prefix
 from ..common.errors import VideoForgeError
-from ..common.family import LatentFormat
+from ..common.family import LatentFormat, NodeVAE
 from ..common.ops import Conv2d, GroupNorm, load_weights
 from ..common.tiling import TilePlan, tiled_decode, tiled_encode
 
@@ -429,7 +429,7 @@ class SDVAE(nn.Module):
 # family interface
 
 
-class SDVideoVAE:
+class SDVideoVAE(NodeVAE):
     """SD1.5 VAE with the family interface; video in/out as [B, 3, F, H, W] in [-1, 1]."""
     family = FAMILY
     latent = LATENT_FORMAT
@@ -445,33 +445,11 @@ class SDVideoVAE:
     # reuse). The peak is at full resolution (up.1's upsample and up.0's first block hold 256
     # channels at H x W); encode needs 3.1 KB/pixel, so this figure covers both. 4.5 KB: the
     # measured 4.2 KB plus some headroom.
-    BYTES_PER_PIXEL_CH128_FP32 = 4500.0
-
-    def __init__(self, vae: SDVAE, name: str = "") -> None:
-        self.vae = vae.eval().requires_grad_(False)
-        self.name = name
-        self.device = torch.device("cpu")
-        self.dtype = vae.dtype
+    BYTES_PER_PIXEL, REF_WIDTH = 4500.0, 128
 
     @property
-    def bytes_per_pixel(self) -> float:
-        size = torch.finfo(self.dtype).bits / 32
-        return self.BYTES_PER_PIXEL_CH128_FP32 * self.vae.cfg.ch / 128 * size
-
-    def to(self, device: torch.device | str) -> "SDVideoVAE":
-        self.device = torch.device(device)
-        self.vae.to(self.device)
-        return self
-
-    @torch.inference_mode()
-    def encode(self, video: torch.Tensor, plan: TilePlan | None = None,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        return self.vae.encode(video.to(self.device, self.dtype), plan, callback).float()
-
-    @torch.inference_mode()
-    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None,
-               plan: TilePlan | None = None) -> torch.Tensor:
-        return self.vae.decode(latent.to(self.device, torch.float32), callback, plan).float()
+    def width(self) -> int:
+        return self.vae.cfg.ch
 
 
 def load_sd_vae(sd: dict[str, torch.Tensor], name: str = "SD VAE",

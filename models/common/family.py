@@ -26,6 +26,8 @@ class LatentFormat:
     def check_frames(self, frames: int) -> None:
         """Raise a VideoForgeError saying what to use when the frame count does not fit."""
         r = self.time_ratio
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise VideoForgeError(f"frames={frames!r}: a video needs at least 1 frame.")
         if self.first_frame_alone and (frames - 1) % r:
             lo = (frames - 1) // r * r + 1
             raise VideoForgeError(f"frames={frames}: this model needs {r}k+1 frames "
@@ -86,6 +88,49 @@ class TextEncoder(Protocol):
     family: str
 
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+class NodeVAE:
+    """What the nodes hold for any family's VAE: a module with `encode(video, plan, callback)` and
+    `decode(latent, callback, plan)` (both through models/common/tiling), plus the device / dtype
+    it runs in and its working memory per output pixel for `tiling.auto_plan`. A family sets
+    `family`, `latent`, `streams_time`, `BYTES_PER_PIXEL` (measured, fp32, at the module width
+    `REF_WIDTH`) and `width` (the loaded module's)."""
+    family: str
+    latent: LatentFormat
+    streams_time: bool = True
+    BYTES_PER_PIXEL: float
+    REF_WIDTH: int
+
+    def __init__(self, vae: torch.nn.Module, name: str = "") -> None:
+        self.vae = vae.eval().requires_grad_(False)
+        self.name = name
+        self.device = torch.device("cpu")
+        self.dtype = next(vae.parameters()).dtype
+
+    @property
+    def width(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def bytes_per_pixel(self) -> float:
+        size = torch.finfo(self.dtype).bits / 32
+        return self.BYTES_PER_PIXEL * self.width / self.REF_WIDTH * size
+
+    def to(self, device: torch.device | str) -> "NodeVAE":
+        self.device = torch.device(device)
+        self.vae.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor, plan: Any = None,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        return self.vae.encode(video.to(self.device, self.dtype), plan, callback).float()
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None,
+               plan: Any = None) -> torch.Tensor:
+        return self.vae.decode(latent.to(self.device, self.dtype), callback, plan).float()
 
 
 def check_same_family(**parts: Any) -> None:

@@ -53,7 +53,8 @@ class Linear(nn.Linear):
         return F.linear(x, w, b)
 
 
-class Conv3d(nn.Conv3d):
+class _CastConv:
+    """Convolution computing in the input's dtype whatever the stored dtype (mixed in first)."""
     scale_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,14 +64,12 @@ class Conv3d(nn.Conv3d):
         return self._conv_forward(x, w, b)
 
 
-class Conv2d(nn.Conv2d):
-    scale_weight: torch.Tensor | None = None
+class Conv3d(_CastConv, nn.Conv3d):
+    pass
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _native(self, x):
-            return super().forward(x)
-        w, b = _weight(self, x)
-        return self._conv_forward(x, w, b)
+
+class Conv2d(_CastConv, nn.Conv2d):
+    pass
 
 
 class GroupNorm(nn.GroupNorm):
@@ -101,6 +100,18 @@ def storage_dtype_of(sd: dict[str, torch.Tensor]) -> torch.dtype:
     return max(counts, key=counts.get) if counts else torch.float32
 
 
+def mismatch_report(missing: list[str], unexpected: list[str], bad: list[str]) -> str:
+    """'missing N keys (e.g. ...); unexpected ...; N shape mismatches (e.g. ...)' for errors."""
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+    if bad:
+        parts.append(f"{len(bad)} shape mismatches (e.g. {bad[:2]})")
+    return "; ".join(parts)
+
+
 def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], what: str,
                  storage: torch.dtype | None = None) -> None:
     """Load `sd` into `module` strictly, keeping fp8 storage and per-tensor `scale_weight`s.
@@ -123,14 +134,8 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], what: str,
     bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
            for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if bad:
-            parts.append(f"{len(bad)} shape mismatches (e.g. {bad[:2]})")
-        raise VideoForgeError(f"{what}: checkpoint does not match the model: " + "; ".join(parts))
+        raise VideoForgeError(f"{what}: checkpoint does not match the model: "
+                              + mismatch_report(missing, unexpected, bad))
     params = dict(module.named_parameters())
     params.update(dict(module.named_buffers()))
     for k, v in sd.items():

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 
 from ..common.errors import VideoForgeError
+from ..common.family import NodeVAE
 from ..common.tiling import TilePlan
 from ..common.ops import compute_dtype_for, load_weights, storage_dtype_of
 from ..common.rope import rope_table
@@ -125,7 +126,7 @@ def build_dit(sd: dict[str, torch.Tensor], name: str, storage: torch.dtype | Non
     return WanVideoModel(dit, name)
 
 
-class WanVideoVAE:
+class WanVideoVAE(NodeVAE):
     """Wan VAE with the family interface; video in/out as [B, 3, F, H, W] in [-1, 1]."""
     family = FAMILY
     latent = LATENT
@@ -134,33 +135,11 @@ class WanVideoVAE:
     # Working memory per output pixel-frame of one decode step (one latent frame -> 4 frames),
     # fp32, base dim 96: bench/vae_tiling.py measured 1547 MB peak for 256x256 (4 x 65536
     # pixel-frames per step) = 5.9 KB; scaled by dim and the dtype's size.
-    BYTES_PER_PIXEL_DIM96_FP32 = 6000.0
-
-    def __init__(self, vae: torch.nn.Module, name: str = "") -> None:
-        self.vae = vae.eval().requires_grad_(False)
-        self.name = name
-        self.device = torch.device("cpu")
-        self.dtype = next(vae.parameters()).dtype
+    BYTES_PER_PIXEL, REF_WIDTH = 6000.0, 96
 
     @property
-    def bytes_per_pixel(self) -> float:
-        size = torch.finfo(self.dtype).bits / 32
-        return self.BYTES_PER_PIXEL_DIM96_FP32 * self.vae.dim / 96 * size
-
-    def to(self, device: torch.device | str) -> "WanVideoVAE":
-        self.device = torch.device(device)
-        self.vae.to(self.device)
-        return self
-
-    @torch.inference_mode()
-    def encode(self, video: torch.Tensor, plan: TilePlan | None = None,
-               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        return self.vae.encode(video.to(self.device, self.dtype), plan, callback).float()
-
-    @torch.inference_mode()
-    def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None,
-               plan: TilePlan | None = None) -> torch.Tensor:
-        return self.vae.decode(latent.to(self.device, self.dtype), callback, plan).float()
+    def width(self) -> int:
+        return self.vae.dim
 
 
 class WanTextEncoder:

@@ -193,3 +193,26 @@ def test_version_detection_and_clear_errors(files, tmp_path):
     with_mm = base.with_motion(MotionSet(loader.load_motion_module(paths["v2"]), "a"))
     with pytest.raises(VideoForgeError, match="already has motion module"):
         with_mm.with_motion(MotionSet(loader.load_motion_module(paths["v3"]), "b"))
+
+
+def test_frame_limits_and_context_windows(files):
+    from models.sampling.context import ContextOptions
+    from models.sampling.video import generate
+    unet_path, _, paths, _ = files
+    model = loader.load_video_model(unet_path).with_motion(
+        MotionSet(loader.load_motion_module(paths["v1"]), "mm_sd_v15.ckpt"))  # 24-frame PE
+    with pytest.raises(VideoForgeError, match="at least 1 frame"):
+        model.latent.shape(1, 0, 64, 64)
+    ctx = {"context": torch.randn(1, 7, 32)}
+    long = torch.zeros(model.latent.shape(1, 30, 64, 64))
+    run = dict(seed=1, steps=2, cfg=1.0, solver="ddim")
+    with pytest.raises(VideoForgeError, match="30 frames exceed this model's 24-frame motion module; connect Context Options"):
+        generate(model, long, ctx, None, **run)
+    with pytest.raises(VideoForgeError, match="length 32 exceeds"):
+        generate(model, long, ctx, None, context=ContextOptions(length=32, overlap=4), **run)
+    windowed = generate(model, long, ctx, None, context=ContextOptions(length=16, overlap=4), **run)
+    assert windowed.shape == long.shape and torch.isfinite(windowed).all()
+    # a window covering the whole clip is exactly no windows
+    short = torch.zeros(model.latent.shape(1, 12, 64, 64))
+    assert torch.equal(generate(model, short, ctx, None, **run),
+                       generate(model, short, ctx, None, context=ContextOptions(length=16), **run))

@@ -188,7 +188,7 @@ def test_wrapper_interface(written):
     assert vae.family == "sd15" and vae.latent is LATENT_FORMAT and vae.streams_time
     assert vae.to("cpu") is vae
     # tiny VAE: ch 32 -> a quarter of the real one's figure
-    assert vae.bytes_per_pixel == pytest.approx(SDVideoVAE.BYTES_PER_PIXEL_CH128_FP32 / 4)
+    assert vae.bytes_per_pixel == pytest.approx(SDVideoVAE.BYTES_PER_PIXEL / 4)
     half = load_sd_vae(info["ldm"], "vae.safetensors", dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16 and half.bytes_per_pixel == pytest.approx(vae.bytes_per_pixel / 2)
     latent = torch.randn(1, 4, 2, 4, 4)
