@@ -5,8 +5,8 @@
         api = srv.ui_to_api(json.load(open("workflows/wan21_t2v.json")))
         result = srv.wait(srv.queue(api), timeout=600)
 
-`ComfyServer` makes a throw-away base dir (models/{diffusion_models,vae,text_encoders,clip_vision,
-loras}, input/, output/, user/, temp/), an extra_model_paths.yaml pointing at it, links this
+`ComfyServer` makes a throw-away base dir (models/<each of MODEL_DIRS>, input/, output/, user/,
+temp/), an extra_model_paths.yaml pointing at it, links this
 pack into ComfyUI's custom_nodes/ as `videoforge` (`videoforge_1`, ... while another live
 session holds that name), starts `main.py --cpu` on a free port (loading only that link of all
 custom_nodes/ unless isolate=False) and tears everything down again on exit.
@@ -34,7 +34,7 @@ import uuid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIRS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras", "annotators",
-              "animatediff_models")
+              "checkpoints", "animatediff_models", "animatediff_motion_lora")
 PACK_LINK_NAME = "videoforge"
 # demo/weights/<folder>/videoforge_demo_*.safetensors (workflows/videoforge_demo_t2v.json)
 DEMO_WEIGHTS = os.path.join(REPO_ROOT, "demo", "weights")
@@ -604,7 +604,14 @@ def clone(api: dict) -> dict:
 # ---------------------------------------------------------------------- tiny checkpoints
 TINY_NAMES = {"model": "tiny_wan_t2v.safetensors", "vae": "tiny_wan_vae.safetensors",
               "text_encoder": "tiny_umt5.safetensors", "i2v": "tiny_wan_i2v.safetensors",
-              "flf2v": "tiny_wan_flf2v.safetensors", "clip_vision": "tiny_clip_vision_h.safetensors"}
+              "flf2v": "tiny_wan_flf2v.safetensors", "clip_vision": "tiny_clip_vision_h.safetensors",
+              # AnimateDiff: SD1.5 single file, motion module and MotionLoRA (pickled .ckpt like
+              # the official mm_sd_v15_v2.ckpt / v2_lora_ZoomIn.ckpt)
+              "sd15": "tiny_sd15.safetensors", "motion_module": "tiny_mm_sd_v15_v2.ckpt",
+              "motion_lora": "tiny_v2_lora_ZoomIn.ckpt"}
+# part -> the ComfyUI models/ folder it goes in (parts not listed: see write_tiny_checkpoints)
+TINY_FOLDERS = {"sd15": "checkpoints", "motion_module": "animatediff_models",
+                "motion_lora": "animatediff_motion_lora"}
 
 
 def _fixtures():
@@ -614,14 +621,15 @@ def _fixtures():
             sys.path.insert(0, p)
     import importlib
     return tuple(importlib.import_module(f"fixtures.{m}")
-                 for m in ("wan_dit", "wan_vae", "umt5", "clip_vision"))
+                 for m in ("wan_dit", "wan_vae", "umt5", "clip_vision", "sd15", "sd_unet"))
 
 
 def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
     """Write a tiny RANDOM-weight Wan2.1 set (T2V / I2V / FLF2V DiTs, VAE, UMT5, CLIP vision)
+    and a tiny AnimateDiff set (SD1.5 checkpoint, motion module with 32 positions, MotionLoRA)
     into a ComfyUI models dir.
     Returns {part: file path}. The videos they make are noise-like: they prove the plumbing."""
-    wan_dit, wan_vae, umt5, clip_vision = _fixtures()
+    wan_dit, wan_vae, umt5, clip_vision, sd15, sd_unet = _fixtures()
     paths = {"model": os.path.join(models_dir, "diffusion_models", TINY_NAMES["model"]),
              "vae": os.path.join(models_dir, "vae", TINY_NAMES["vae"]),
              "text_encoder": os.path.join(models_dir, "text_encoders", TINY_NAMES["text_encoder"])}
@@ -644,6 +652,28 @@ def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
     paths["clip_vision"] = os.path.join(models_dir, "clip_vision", TINY_NAMES["clip_vision"])
     os.makedirs(os.path.dirname(paths["clip_vision"]), exist_ok=True)
     clip_vision.write_clip_vision(paths["clip_vision"], fmt="comfy", seed=seed)
+    paths.update(write_tiny_animatediff(models_dir, seed, (sd15, sd_unet)))
+    return paths
+
+
+def write_tiny_animatediff(models_dir: str, seed: int = 0, _mods=None) -> dict[str, str]:
+    """Tiny AnimateDiff files in the real layouts: an SD1.5 single file (UNet + VAE + CLIP-L) in
+    checkpoints/, a v2-style motion module (mid block, 32 positions: 32 frames at most per call)
+    in animatediff_models/ and a MotionLoRA for it in animatediff_motion_lora/, both pickled
+    state dicts in the official key layout. Returns {part: file path}."""
+    import torch
+
+    sd15, sd_unet = _mods or _fixtures()[4:]
+    paths = {part: os.path.join(models_dir, TINY_FOLDERS[part], TINY_NAMES[part])
+             for part in TINY_FOLDERS}
+    for p in paths.values():
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+    sd15.write_tiny_sd15_checkpoint(paths["sd15"], seed=seed)
+    official = sd_unet.motion_to_official(
+        sd_unet.tiny_motion_adapter(seed, mid=True, pe_len=32).state_dict())
+    torch.save({k: v.contiguous() for k, v in official.items()}, paths["motion_module"])
+    lora = sd_unet.tiny_motion_lora(official, rank=4, seed=seed + 1)
+    torch.save({k: v.contiguous() for k, v in lora.items()}, paths["motion_lora"])
     return paths
 
 

@@ -21,7 +21,8 @@ EXPECTED_NODES = ["VFLoadVideoModel", "VFLoadVideoVAE", "VFLoadTextEncoder", "VF
                   "VFEmptyVideoLatent", "VFSampleVideo", "VFDecodeVideo"]  # the T2V workflow's
 # every node the pack registers
 ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo",
-                              "VFCanny", "VFDepth", "VFOpenPose"]
+                              "VFCanny", "VFDepth", "VFOpenPose", "VFContextOptions",
+                              "VFLoadCheckpoint", "VFApplyMotionModule", "VFLoadMotionLoRA"]
 
 
 def load_workflow() -> dict:
