@@ -14,7 +14,8 @@ class EmptyVideoLatent:
     CATEGORY = f"{CATEGORY}/latent"
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "create"
-    DESCRIPTION = ("An all-zero latent video shaped for the model's VAE (Wan2.1: frames 4k+1, "
+    DESCRIPTION = ("An all-zero latent video shaped for the model's VAE (SD1.5 / AnimateDiff: any "
+                   "frame count, sizes multiples of 8; Wan2.1: frames 4k+1, "
                    "width/height multiples of 16).")
 
     @classmethod
