@@ -4,7 +4,7 @@ One tiny SD1.5 single-file checkpoint (UNet + VAE + CLIP-L) and one motion modul
 them through the loaders the nodes use and samples with `generate()`, the reference is
 `AnimateDiffPipeline` built from the diffusers / transformers models the file was written from,
 with the motion module's norms patched to the official AnimateDiff behaviour (see
-test_animatediff.py), the tokenizer ComfyUI ships, and the scheduler each solver stands for.
+test_animatediff_unet.py), the tokenizer ComfyUI ships, and the scheduler each solver stands for.
 """
 from __future__ import annotations
 
