@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.common.errors import VideoForgeError
 from ..models.common.family import check_same_family
 from ..models.common.video import FIT_MODES, fit_image
 from .bridge import CATEGORY, Progress, device, free_memory, offload_device
@@ -84,4 +85,60 @@ class ImageToVideoLatent:
                  "vf_cond": cond},)
 
 
-NODES = {"VFEmptyVideoLatent": EmptyVideoLatent, "VFImageToVideoLatent": ImageToVideoLatent}
+class ControlVideoLatent:
+    DISPLAY_NAME = "Control Video Latent"
+    CATEGORY = f"{CATEGORY}/latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "create"
+    DESCRIPTION = ("Starts a video that follows a control video (e.g. the output of Canny Edges, "
+                   "Depth Map or OpenPose) and, optionally, the look of a reference image, for "
+                   "control models such as EasyAnimate V5.1 Control. The control frames are fitted "
+                   "to the video size and VAE-encoded; the first `frames` of the control video are "
+                   "used. The conditioning travels with the latent to Sample Video.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("VF_MODEL",),
+            "vae": ("VF_VAE",),
+            "control_video": ("IMAGE", {"tooltip": "Control frames (IMAGE batch), at least `frames` of them."}),
+            "width": ("INT", {"default": 672, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 384, "min": 16, "max": 4096, "step": 16}),
+            "frames": ("INT", {"default": 49, "min": 1, "max": 1025, "step": 4}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            "resize": (list(FIT_MODES), {"default": "crop", "tooltip":
+                       "How control frames and the reference image are fitted to the video size."}),
+        }, "optional": {
+            "reference_image": ("IMAGE", {"tooltip": "Optional: the look of the video (first image of the batch)."}),
+        }}
+
+    def create(self, model, vae, control_video, width: int, height: int, frames: int,
+               batch_size: int, resize: str, reference_image=None):
+        check_same_family(model=model, vae=vae)
+        if not getattr(model, "takes_control", False):
+            raise VideoForgeError(f"{getattr(model, 'name', '') or 'the model'} ({model.family} "
+                                  f"{model.variant}) takes no control video; load a control model "
+                                  "(e.g. EasyAnimateV5.1-12b-zh-Control).")
+        shape = model.latent.shape(batch_size, frames, height, width)  # raises with advice
+        have = int(control_video.shape[0]) if control_video.dim() == 4 else 1
+        if have < frames:
+            fit = model.latent.pixel_frames(model.latent.latent_frames(have)) if have else 0
+            raise VideoForgeError(f"the control video has {have} frames but frames={frames}; "
+                                  f"give a longer control video or set frames to {fit or 1} or fewer.")
+        control = fit_image(control_video[:frames], width, height, resize, "control_video")
+        ref = None if reference_image is None else fit_image(reference_image[:1], width, height,
+                                                             resize, "reference_image")
+        plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)
+        vae.to(device())
+        try:
+            bar = Progress(1)
+            cond = model.control_condition(vae, control, ref, plan, callback=lambda d, n: bar(d, n))
+        finally:
+            vae.to(offload_device())
+            free_memory()
+        return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family,
+                 "vf_cond": cond},)
+
+
+NODES = {"VFEmptyVideoLatent": EmptyVideoLatent, "VFImageToVideoLatent": ImageToVideoLatent,
+         "VFControlVideoLatent": ControlVideoLatent}

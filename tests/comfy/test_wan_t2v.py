@@ -22,7 +22,8 @@ EXPECTED_NODES = ["VFLoadVideoModel", "VFLoadVideoVAE", "VFLoadTextEncoder", "VF
 # every node the pack registers
 ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo",
                               "VFCanny", "VFDepth", "VFOpenPose", "VFContextOptions",
-                              "VFLoadCheckpoint", "VFApplyMotionModule", "VFLoadMotionLoRA"]
+                              "VFLoadCheckpoint", "VFApplyMotionModule", "VFLoadMotionLoRA",
+                              "VFControlVideoLatent"]
 
 
 def load_workflow() -> dict:
