@@ -34,7 +34,8 @@ def workflow_settings() -> dict:
     with open(WORKFLOW, encoding="utf-8") as f:
         nodes = {n["type"]: n["widgets_values"] for n in json.load(f)["nodes"]}
     width, height, frames, _ = nodes["VFEmptyVideoLatent"]
-    _, _, steps, cfg, sampler, shift, denoise = nodes["VFSampleVideo"]
+    _, _, steps, cfg, sampler, shift, denoise, karras = nodes["VFSampleVideo"]
+    assert karras is False  # a flow model: no Karras sigmas
     return dict(width=width, height=height, frames=frames, steps=steps, cfg=cfg, solver=sampler,
                 shift=shift, denoise=denoise, negative=nodes["VFEncodePrompt"][1])
 
