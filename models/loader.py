@@ -6,6 +6,7 @@ model loader gets "this is a Wan2.1 VAE: load it with Load Video VAE" instead of
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -60,73 +61,105 @@ def _is_clip_vision(sd: dict) -> bool:
     return detect_clip_vision(sd) is not None
 
 
-# Descriptions of the Stable Diffusion (AnimateDiff) family's files, loaded by models/animatediff.
-_SD_KINDS = {"a Stable Diffusion 1.5 checkpoint", "a Stable Diffusion UNet", "a Stable Diffusion VAE",
-             "a CLIP-L text encoder (Stable Diffusion 1.5)"}
+def _is_easyanimate_dit(sd: dict) -> bool:
+    from .easyanimate.convert import is_easyanimate_dit
+    return is_easyanimate_dit(sd)
 
-# (description, part, test) in order; the first match names the file.
-_KINDS: list[tuple[str, str, Callable[[dict], bool]]] = [
-    ("a Wan2.1 diffusion model", "model", lambda sd: wan_convert.is_wan_dit(wan_convert.normalize_dit_keys(sd))),
-    ("a Wan2.1 VAE", "vae", _is_wan_vae),
-    ("a UMT5 text encoder (Wan2.1)", "text_encoder", _is_umt5),
-    ("a CLIP vision encoder", "clip_vision", _is_clip_vision),
-    ("a Stable Diffusion 1.5 checkpoint", "checkpoint", sd.is_sd_checkpoint),
-    ("an AnimateDiff MotionLoRA", "motion_lora", _is_motion_lora),
-    ("an AnimateDiff motion module", "motion_module", _is_motion_module),
-    ("a Stable Diffusion UNet", "model", sd.is_sd_unet_file),
-    ("a Stable Diffusion VAE", "vae", _is_sd_vae),
-    ("a CLIP-L text encoder (Stable Diffusion 1.5)", "text_encoder", _is_clip_l),
+
+def _is_easyanimate_vae(sd: dict) -> bool:
+    from .easyanimate.vae import is_easyanimate_vae
+    return is_easyanimate_vae(strip_prefix(sd, ("first_stage_model.", "vae.")))
+
+
+def _is_qwen2vl(sd: dict) -> bool:
+    from .easyanimate.text_encoder import detect_qwen2vl
+    return detect_qwen2vl(sd) is not None
+
+
+@dataclass(frozen=True)
+class Kind:
+    desc: str      # "a Wan2.1 VAE", for messages
+    part: str      # model / vae / text_encoder / clip_vision / checkpoint / motion_module / ...
+    family: str    # which family's builders load it
+    test: Callable[[dict], bool]
+
+
+# In order; the first match names the file.
+_KINDS: list[Kind] = [
+    Kind("a Wan2.1 diffusion model", "model", "wan",
+         lambda sd: wan_convert.is_wan_dit(wan_convert.normalize_dit_keys(sd))),
+    Kind("a Wan2.1 VAE", "vae", "wan", _is_wan_vae),
+    Kind("a UMT5 text encoder (Wan2.1)", "text_encoder", "wan", _is_umt5),
+    Kind("a CLIP vision encoder", "clip_vision", "common", _is_clip_vision),
+    Kind("a Stable Diffusion 1.5 checkpoint", "checkpoint", "sd15", sd.is_sd_checkpoint),
+    Kind("an AnimateDiff MotionLoRA", "motion_lora", "sd15", _is_motion_lora),
+    Kind("an AnimateDiff motion module", "motion_module", "sd15", _is_motion_module),
+    Kind("a Stable Diffusion UNet", "model", "sd15", sd.is_sd_unet_file),
+    Kind("a Stable Diffusion VAE", "vae", "sd15", _is_sd_vae),
+    Kind("a CLIP-L text encoder (Stable Diffusion 1.5)", "text_encoder", "sd15", _is_clip_l),
+    Kind("an EasyAnimate V5.1 transformer", "model", "easyanimate", _is_easyanimate_dit),
+    Kind("an EasyAnimate MagVIT VAE", "vae", "easyanimate", _is_easyanimate_vae),
+    Kind("a Qwen2-VL text encoder (EasyAnimate V5.1)", "text_encoder", "easyanimate", _is_qwen2vl),
 ]
 
 
-def identify(sd: dict[str, torch.Tensor]) -> tuple[str, str] | None:
-    """(description, part) of a state dict, or None when no family recognises it."""
-    for desc, part, test in _KINDS:
+def _kind(sd: dict[str, torch.Tensor]) -> Kind | None:
+    for kind in _KINDS:
         try:
-            if test(sd):
-                return desc, part
+            if kind.test(sd):
+                return kind
         except (KeyError, IndexError, ValueError):
             continue
     return None
 
 
-def _read(path: str, part: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The file's tensors and its description, after checking it holds `part`."""
+def identify(sd: dict[str, torch.Tensor]) -> tuple[str, str] | None:
+    """(description, part) of a state dict, or None when no family recognises it."""
+    kind = _kind(sd)
+    return None if kind is None else (kind.desc, kind.part)
+
+
+def _read(path: str, part: str) -> tuple[dict[str, torch.Tensor], Kind]:
+    """The file's tensors and what it is, after checking it holds `part`."""
     sd = load_state_dict(path)
-    kind = identify(sd)
+    kind = _kind(sd)
     name = os.path.basename(path)
     what = part.replace('_', ' ')
     if kind is None:
         raise VideoForgeError(f"{name}: not a checkpoint VideoForge recognises as a "
                               f"{what} ({len(sd)} tensors, e.g. {list(sd)[:3]}).")
-    if kind[1] != part and part not in PARTS_OF.get(kind[1], ()):
-        raise VideoForgeError(f"{name} is {kind[0]}, not a {what}: load it with {LOADER_OF[kind[1]]}.")
-    return sd, kind[0]
-
-
-def _is_sd(desc: str) -> bool:
-    return desc in _SD_KINDS
+    if kind.part != part and part not in PARTS_OF.get(kind.part, ()):
+        raise VideoForgeError(f"{name} is {kind.desc}, not a {what}: load it with {LOADER_OF[kind.part]}.")
+    return sd, kind
 
 
 def load_video_model(path: str, dtype: str = "auto", attention: str = "auto") -> Any:
     """Diffusion model file -> family model (weights on CPU, stored in `dtype`)."""
-    state, desc = _read(path, "model")
-    name = os.path.basename(path)
-    if _is_sd(desc):
-        return sd.build_unet(state, name, parse_dtype(dtype))
-    model = wan.build_dit(state, name, parse_dtype(dtype))
+    state, kind = _read(path, "model")
+    name, storage = os.path.basename(path), parse_dtype(dtype)
+    if kind.family == "sd15":
+        return sd.build_unet(state, name, storage)
+    if kind.family == "easyanimate":
+        from .easyanimate.family import build_model
+        model = build_model(state, name, storage)
+        model.dit.set_attention(attention)
+        return model
+    model = wan.build_dit(state, name, storage)
     model.dit.set_attention(attention)
     return model
 
 
 def load_video_vae(path: str, dtype: str = "auto") -> Any:
     from .wan.vae import WanVAE
-    state, desc = _read(path, "vae")
+    state, kind = _read(path, "vae")
     dt = _vae_dtype(dtype)
     name = os.path.basename(path)
-    if _is_sd(desc):
+    if kind.family == "sd15":
         from .animatediff.vae import load_sd_vae
         return load_sd_vae(state, name, dt)
+    if kind.family == "easyanimate":
+        from .easyanimate.vae import load_easyanimate_vae
+        return load_easyanimate_vae(state, name, dt)
     state = strip_prefix(state, ("first_stage_model.", "vae."))
     try:
         vae = WanVAE.from_state_dict(state, dtype=dt)
@@ -147,11 +180,14 @@ def _vae_dtype(dtype: str) -> torch.dtype:
 
 def load_text_encoder(path: str, dtype: str = "auto") -> Any:
     from .wan.text_encoder import load_text_encoder as load_umt5
-    state, desc = _read(path, "text_encoder")
+    state, kind = _read(path, "text_encoder")
     name = os.path.basename(path)
-    if _is_sd(desc):
+    if kind.family == "sd15":
         from .animatediff.text_encoder import load_sd_text_encoder
         return load_sd_text_encoder(state, name, parse_dtype(dtype))
+    if kind.family == "easyanimate":
+        from .easyanimate.text_encoder import load_easyanimate_text_encoder
+        return load_easyanimate_text_encoder(state, name, parse_dtype(dtype), path=path)
     return wan.WanTextEncoder(load_umt5(path, dtype=parse_dtype(dtype), state_dict=state), name)
 
 
@@ -159,7 +195,7 @@ def load_checkpoint(path: str, dtype: str = "auto", vae_dtype: str = "auto") -> 
     """SD1.5 single-file checkpoint -> (model, text encoder, VAE), reading the file once."""
     from .animatediff.text_encoder import load_sd_text_encoder
     from .animatediff.vae import load_sd_vae
-    state, desc = _read(path, "checkpoint")
+    state, _ = _read(path, "checkpoint")
     name = os.path.basename(path)
     return (sd.build_unet(state, name, parse_dtype(dtype)),
             load_sd_text_encoder(state, name, parse_dtype(dtype)),
