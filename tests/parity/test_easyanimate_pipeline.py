@@ -178,3 +178,22 @@ def test_variant_mismatches_are_refused(parts):
         inp.image_condition(type("V", (), {"family": "wan"})(), None, _images(4).permute(0, 2, 3, 1),
                             None, FRAMES)
     assert os.path.basename(parts["dits"]["t2v"][1]) in t2v.name
+
+
+def test_nothing_is_kept_after_a_run(parts):
+    """Memory returns to its baseline: once a run's objects are dropped, nothing in our code
+    (caches, globals, hooks) still holds the transformer, the VAE or their outputs."""
+    import gc
+    import weakref
+    model = _load(parts, "inp")
+    vae = loader.load_video_vae(parts["dits"]["inp"][1].replace("dit_inp", "vae"), "fp32")
+    cond = model.image_condition(vae, None, _images(21).permute(0, 2, 3, 1), None, FRAMES)
+    _, shape, kw = _ours(parts, "inp", extra=cond)
+    out = generate(model, torch.zeros(shape), **kw)
+    video = vae.decode(out)
+    assert video.shape == (1, 3, FRAMES, H, W)
+    refs = [weakref.ref(o) for o in (model.dit, vae.vae, out, video, cond["inpaint"])]
+    weights = weakref.ref(next(model.dit.parameters()))
+    del model, vae, cond, out, video, kw
+    gc.collect()
+    assert all(r() is None for r in refs) and weights() is None
