@@ -67,5 +67,6 @@ def test_final_latent_matches_animatediff_pipeline(setup, solver, karras):
                    spacing="leading" if solver == "ddim" else None)
     assert want.shape == got.shape
     err = (got - want).abs().max().item()
+    print(f"PARITY {solver} karras={karras}: max abs error {err:.2e}")  # pytest -s
     assert err <= 1e-3, err
     assert want.abs().mean() > 0.05  # a real latent, not a vanishing one

@@ -90,7 +90,9 @@ def _ours(parts, kind: str, extra=None):
 def _compare(got: torch.Tensor, want: torch.Tensor) -> float:
     assert got.shape == want.shape
     assert want.abs().mean() > 0.05
-    return (got - want).abs().max().item()
+    err = (got - want).abs().max().item()
+    print(f"PARITY max abs error {err:.2e} (max |ref| {want.abs().max().item():.2f})")  # pytest -s
+    return err
 
 
 def _images(seed: int, n: int = 1) -> torch.Tensor:
