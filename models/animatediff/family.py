@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..common.errors import VideoForgeError
-from ..common.ops import compute_dtype_for, load_weights, storage_dtype_of
+from ..common.family import NodeModel
+from ..common.ops import load_weights
 from ..sampling.discrete import NoiseSchedule
 from .motion import MotionSet, check_fits
 from .unet import UNet, UNetConfig, is_sd_unet
@@ -47,21 +48,27 @@ def is_sd_unet_file(sd: dict[str, torch.Tensor]) -> bool:
     return is_sd_unet(strip_unet(sd))
 
 
-class SDVideoModel:
+class SDVideoModel(NodeModel):
     """SD UNet (+ motion modules) and where / in what dtype it runs; `denoise` predicts eps."""
     family = FAMILY
     latent = LATENT_FORMAT
     prediction = "eps"
     default_shift = 1.0  # unused: eps models are placed by their noise schedule
+    TITLE, TEXT_ENCODER = "Stable Diffusion 1.5", "the CLIP-L text encoder of the same checkpoint"
 
     def __init__(self, unet: UNet, name: str = "", motion: MotionSet | None = None,
                  noise_schedule: NoiseSchedule | None = None) -> None:
-        self.unet = unet.eval().requires_grad_(False)
-        self.name = name
+        super().__init__(unet, name)
         self.motion = motion
         self.noise_schedule = noise_schedule or NoiseSchedule()
-        self.compute_dtype = torch.float32
-        self.device = torch.device("cpu")
+
+    @property
+    def unet(self) -> UNet:
+        return self.net
+
+    @property
+    def text_width(self) -> int:
+        return self.unet.cfg.context_dim
 
     @property
     def variant(self) -> str:
@@ -87,23 +94,10 @@ class SDVideoModel:
         return model
 
     def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "SDVideoModel":
-        self.device = torch.device(device)
-        storage = storage_dtype_of(dict(self.unet.named_parameters()))
-        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
-        self.unet.to(self.device)
+        super().to(device, compute_dtype)
         if self.motion is not None:
             self.motion.to(self.device)
         return self
-
-    def check_cond(self, cond: dict[str, Any]) -> None:
-        if cond.get("family", FAMILY) != FAMILY:
-            raise VideoForgeError(f"conditioning is from a {cond['family']} text encoder but the "
-                                  "model is Stable Diffusion 1.5; use its CLIP-L text encoder "
-                                  "(from the same checkpoint).")
-        want, got = self.unet.cfg.context_dim, cond["context"].shape[-1]
-        if got != want:
-            raise VideoForgeError(f"text embeddings are {got} wide but this UNet expects {want}; "
-                                  "load the text encoder of the same checkpoint.")
 
     takes_images = False
 

@@ -90,6 +90,47 @@ class TextEncoder(Protocol):
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]: ...
 
 
+class NodeModel:
+    """What the nodes hold for any family's diffusion network: the module (`net`), its name,
+    and where / in what dtype it runs. A family sets `family`, `latent`, `prediction`,
+    `default_shift`, `TITLE` and `TEXT_ENCODER` (for messages), implements `text_width` and
+    `denoise`, and may extend `to` (e.g. AnimateDiff's motion modules)."""
+    family: str
+    latent: LatentFormat
+    prediction: str = "flow"
+    default_shift: float = 1.0
+    TITLE: str            # "Wan2.1": what the model is called in messages
+    TEXT_ENCODER: str     # "the Wan UMT5 text encoder": what to load instead of a wrong one
+
+    def __init__(self, net: torch.nn.Module, name: str = "") -> None:
+        self.net = net.eval().requires_grad_(False)
+        self.name = name
+        self.compute_dtype = torch.float32
+        self.device = torch.device("cpu")
+
+    @property
+    def text_width(self) -> int:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "NodeModel":
+        from .ops import compute_dtype_for, storage_dtype_of
+        self.device = torch.device(device)
+        storage = storage_dtype_of(dict(self.net.named_parameters()))
+        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
+        self.net.to(self.device)
+        return self
+
+    def check_cond(self, cond: dict[str, Any]) -> None:
+        """Raise when the conditioning comes from another family's or a mismatched encoder."""
+        if cond.get("family", self.family) != self.family:
+            raise VideoForgeError(f"conditioning is from a {cond['family']} text encoder but the "
+                                  f"model is {self.TITLE}; use {self.TEXT_ENCODER}.")
+        want, got = self.text_width, cond["context"].shape[-1]
+        if got != want:
+            raise VideoForgeError(f"text embeddings are {got} wide but this {self.TITLE} model "
+                                  f"expects {want}; load {self.TEXT_ENCODER} that matches it.")
+
+
 class NodeVAE:
     """What the nodes hold for any family's VAE: a module with `encode(video, plan, callback)` and
     `decode(latent, callback, plan)` (both through models/common/tiling), plus the device / dtype

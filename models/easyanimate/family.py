@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from ..common.errors import VideoForgeError
-from ..common.ops import compute_dtype_for, storage_dtype_of
+from ..common.family import NodeModel
 from ..common.tiling import TilePlan
 from . import conditioning
 from .model import EasyAnimateDiT, build_easyanimate_dit
@@ -21,22 +21,25 @@ _NEEDS = {"inp": ("inpaint", "Image To Video Latent with a start image"),
           "control": ("control", "Control Video Latent with a control video")}
 
 
-class EasyAnimateVideoModel:
+class EasyAnimateVideoModel(NodeModel):
     """EasyAnimate MMDiT + where and in what dtype it runs. `denoise` predicts flow velocity."""
     family = FAMILY
     latent = LATENT_FORMAT
     prediction = "flow"
     default_shift = 1.0  # FlowMatchEulerDiscreteScheduler's default; Sample Video's shift overrides
+    TITLE, TEXT_ENCODER = "EasyAnimate V5.1", "its Qwen2-VL text encoder"
 
-    def __init__(self, dit: EasyAnimateDiT, name: str = "") -> None:
-        self.dit = dit.eval().requires_grad_(False)
-        self.name = name
-        self.compute_dtype = torch.float32
-        self.device = torch.device("cpu")
+    @property
+    def dit(self) -> EasyAnimateDiT:
+        return self.net
 
     @property
     def variant(self) -> str:
         return f"{self.dit.cfg.variant}-{self.dit.cfg.size_name}"
+
+    @property
+    def text_width(self) -> int:
+        return self.dit.cfg.text_dim
 
     @property
     def takes_images(self) -> bool:
@@ -45,22 +48,6 @@ class EasyAnimateVideoModel:
     @property
     def takes_control(self) -> bool:
         return self.dit.cfg.variant == "control"
-
-    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "EasyAnimateVideoModel":
-        self.device = torch.device(device)
-        storage = storage_dtype_of(dict(self.dit.named_parameters()))
-        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
-        self.dit.to(self.device)
-        return self
-
-    def check_cond(self, cond: dict[str, Any]) -> None:
-        if cond.get("family", FAMILY) != FAMILY:
-            raise VideoForgeError(f"conditioning is from a {cond['family']} text encoder but the "
-                                  "model is EasyAnimate V5.1; use its Qwen2-VL text encoder.")
-        want, got = self.dit.cfg.text_dim, cond["context"].shape[-1]
-        if got != want:
-            raise VideoForgeError(f"text embeddings are {got} wide but this EasyAnimate model "
-                                  f"expects {want}; load the matching Qwen2-VL text encoder.")
 
     def _check_vae(self, vae: Any) -> None:
         if getattr(vae, "family", None) != FAMILY:

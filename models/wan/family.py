@@ -7,9 +7,9 @@ from typing import Any, Callable
 import torch
 
 from ..common.errors import VideoForgeError
-from ..common.family import NodeVAE
+from ..common.family import NodeModel, NodeVAE
 from ..common.tiling import TilePlan
-from ..common.ops import compute_dtype_for, load_weights, storage_dtype_of
+from ..common.ops import load_weights
 from ..common.rope import rope_table
 from .convert import is_wan_dit, normalize_dit_keys
 from .model import WanConfig, WanModel
@@ -19,39 +19,25 @@ FAMILY = "wan"
 LATENT = LATENT_FORMAT
 
 
-class WanVideoModel:
+class WanVideoModel(NodeModel):
     """Wan DiT + where and in what dtype it runs. `denoise` predicts flow velocity."""
     family = FAMILY
     latent = LATENT
     prediction = "flow"
     default_shift = 5.0
+    TITLE, TEXT_ENCODER = "Wan2.1", "the Wan UMT5 text encoder"
 
-    def __init__(self, dit: WanModel, name: str = "") -> None:
-        self.dit = dit.eval().requires_grad_(False)
-        self.name = name
-        self.compute_dtype = torch.float32
-        self.device = torch.device("cpu")
+    @property
+    def dit(self) -> WanModel:
+        return self.net
 
     @property
     def variant(self) -> str:
         return f"{self.dit.cfg.model_type}-{self.dit.cfg.size_name}"
 
-    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "WanVideoModel":
-        self.device = torch.device(device)
-        storage = storage_dtype_of(dict(self.dit.named_parameters()))
-        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
-        self.dit.to(self.device)
-        return self
-
-    def check_cond(self, cond: dict[str, Any]) -> None:
-        if cond.get("family", FAMILY) != FAMILY:
-            raise VideoForgeError(f"conditioning is from a {cond['family']} text encoder but the "
-                                  "model is Wan2.1; use the Wan UMT5 text encoder.")
-        want = self.dit.cfg.text_dim
-        got = cond["context"].shape[-1]
-        if got != want:
-            raise VideoForgeError(f"text embeddings are {got} wide but this Wan model expects "
-                                  f"{want}; load the matching UMT5 text encoder.")
+    @property
+    def text_width(self) -> int:
+        return self.dit.cfg.text_dim
 
     @property
     def takes_images(self) -> bool:

@@ -608,10 +608,24 @@ TINY_NAMES = {"model": "tiny_wan_t2v.safetensors", "vae": "tiny_wan_vae.safetens
               # AnimateDiff: SD1.5 single file, motion module and MotionLoRA (pickled .ckpt like
               # the official mm_sd_v15_v2.ckpt / v2_lora_ZoomIn.ckpt)
               "sd15": "tiny_sd15.safetensors", "motion_module": "tiny_mm_sd_v15_v2.ckpt",
-              "motion_lora": "tiny_v2_lora_ZoomIn.ckpt"}
+              "motion_lora": "tiny_v2_lora_ZoomIn.ckpt",
+              # EasyAnimate V5.1: the repo layout users copy into ComfyUI (a model folder with
+              # transformer/, vae/, text_encoder/ + tokenizer/), tiny. The Control transformer is
+              # in two shards (the loader merges the shards of the one picked); the text encoder
+              # is the two-shard Qwen2-VL with its tokenizer/ folder next to text_encoder/.
+              "ea_t2v": "EasyAnimateV5.1-tiny-zh/transformer/diffusion_pytorch_model.safetensors",
+              "ea_inp": "EasyAnimateV5.1-tiny-zh-InP/transformer/diffusion_pytorch_model.safetensors",
+              "ea_control": "EasyAnimateV5.1-tiny-zh-Control/transformer/"
+                            "diffusion_pytorch_model-00002-of-00002.safetensors",
+              "ea_vae": "EasyAnimateV5.1-tiny-zh/vae/diffusion_pytorch_model.safetensors",
+              "ea_text_encoder": "EasyAnimateV5.1-tiny-zh/text_encoder/model-00001-of-00002.safetensors"}
 # part -> the ComfyUI models/ folder it goes in (parts not listed: see write_tiny_checkpoints)
 TINY_FOLDERS = {"sd15": "checkpoints", "motion_module": "animatediff_models",
-                "motion_lora": "animatediff_motion_lora"}
+                "motion_lora": "animatediff_motion_lora",
+                "ea_t2v": "diffusion_models", "ea_inp": "diffusion_models",
+                "ea_control": "diffusion_models", "ea_vae": "vae", "ea_text_encoder": "text_encoders"}
+ANIMATEDIFF_PARTS = ("sd15", "motion_module", "motion_lora")
+EASYANIMATE_PARTS = ("ea_t2v", "ea_inp", "ea_control", "ea_vae", "ea_text_encoder")
 
 
 def _fixtures():
@@ -626,8 +640,8 @@ def _fixtures():
 
 def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
     """Write a tiny RANDOM-weight Wan2.1 set (T2V / I2V / FLF2V DiTs, VAE, UMT5, CLIP vision)
-    and a tiny AnimateDiff set (SD1.5 checkpoint, motion module with 32 positions, MotionLoRA)
-    into a ComfyUI models dir.
+    a tiny AnimateDiff set (SD1.5 checkpoint, motion module with 32 positions, MotionLoRA) and a
+    tiny EasyAnimate V5.1 set (write_tiny_easyanimate) into a ComfyUI models dir.
     Returns {part: file path}. The videos they make are noise-like: they prove the plumbing."""
     wan_dit, wan_vae, umt5, clip_vision, sd15, sd_unet = _fixtures()
     paths = {"model": os.path.join(models_dir, "diffusion_models", TINY_NAMES["model"]),
@@ -653,6 +667,7 @@ def write_tiny_checkpoints(models_dir: str, seed: int = 0) -> dict[str, str]:
     os.makedirs(os.path.dirname(paths["clip_vision"]), exist_ok=True)
     clip_vision.write_clip_vision(paths["clip_vision"], fmt="comfy", seed=seed)
     paths.update(write_tiny_animatediff(models_dir, seed, (sd15, sd_unet)))
+    paths.update(write_tiny_easyanimate(models_dir, seed))
     return paths
 
 
@@ -665,7 +680,7 @@ def write_tiny_animatediff(models_dir: str, seed: int = 0, _mods=None) -> dict[s
 
     sd15, sd_unet = _mods or _fixtures()[4:]
     paths = {part: os.path.join(models_dir, TINY_FOLDERS[part], TINY_NAMES[part])
-             for part in TINY_FOLDERS}
+             for part in ANIMATEDIFF_PARTS}
     for p in paths.values():
         os.makedirs(os.path.dirname(p), exist_ok=True)
     sd15.write_tiny_sd15_checkpoint(paths["sd15"], seed=seed)
@@ -674,6 +689,42 @@ def write_tiny_animatediff(models_dir: str, seed: int = 0, _mods=None) -> dict[s
     torch.save({k: v.contiguous() for k, v in official.items()}, paths["motion_module"])
     lora = sd_unet.tiny_motion_lora(official, rank=4, seed=seed + 1)
     torch.save({k: v.contiguous() for k, v in lora.items()}, paths["motion_lora"])
+    return paths
+
+
+def write_tiny_easyanimate(models_dir: str, seed: int = 0) -> dict[str, str]:
+    """Tiny random EasyAnimate V5.1 files in the folders and subfolder layout users have
+    (TINY_NAMES["ea_*"]): T2V / InP / Control transformers (official key names; the Control one
+    in two shards) in diffusion_models/<model>/transformer/, the MagVIT VAE (original layout) in
+    vae/<model>/vae/, and the Qwen2-VL text encoder (two shards + config.json, real 152k
+    vocabulary, 32 wide) in text_encoders/<model>/text_encoder/ with the Qwen2-VL tokenizer
+    folder next to it (<model>/tokenizer/, from ComfyUI's qwen25 vocabulary). About 40 MB; a
+    few seconds (the text encoder's two 152k x 32 matrices take most). Returns {part: the path
+    of the file named in TINY_NAMES}."""
+    import importlib
+
+    _fixtures()  # puts tests/ on sys.path
+    ea_dit, ea_vae, ea_text = (importlib.import_module(f"fixtures.{m}") for m in
+                               ("easyanimate_dit", "easyanimate_vae", "easyanimate_text"))
+    paths = {part: os.path.join(models_dir, TINY_FOLDERS[part], *TINY_NAMES[part].split("/"))
+             for part in EASYANIMATE_PARTS}
+    # <text_encoders>/<model>/text_encoder/model-0000x-of-00002.safetensors + <model>/tokenizer/
+    te_root = os.path.dirname(os.path.dirname(paths["ea_text_encoder"]))
+    text = ea_text.write_easyanimate_text_encoder(te_root, seed=seed)
+    assert os.path.samefile(text["shards"][0], paths["ea_text_encoder"]), text["shards"]
+    tcfg = text["model"].config
+    width = getattr(getattr(tcfg, "text_config", None), "hidden_size", None) or tcfg.hidden_size
+    os.makedirs(os.path.dirname(paths["ea_vae"]), exist_ok=True)
+    ea_vae.write_easyanimate_vae(paths["ea_vae"], layout="original", seed=seed + 1)
+    for i, (part, variant) in enumerate((("ea_t2v", "t2v"), ("ea_inp", "inp"),
+                                         ("ea_control", "control"))):
+        folder = os.path.dirname(paths[part])
+        os.makedirs(folder, exist_ok=True)
+        sharded = part == "ea_control"
+        ea_dit.write_easyanimate_dit(folder if sharded else paths[part], variant, "official",
+                                     seed=seed + 2 + i, shards=2 if sharded else 1,
+                                     text_embed_dim=width)
+        assert os.path.isfile(paths[part]), paths[part]
     return paths
 
 
