@@ -73,6 +73,7 @@ from typing import Any
 
 import torch
 
+from ..common.checkpoint import count_indexed
 from ..common.errors import VideoForgeError
 from ..common.ops import mismatch_report
 
@@ -155,12 +156,6 @@ def _what_is_it(sd: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # Config and weights
 # --------------------------------------------------------------------------------------------
-def _num_layers(sd: dict, root: str) -> int:
-    pat = re.compile(re.escape(root + "encoder.layers.") + r"(\d+)\.")
-    idx = [int(m.group(1)) for k in sd if (m := pat.match(k))]
-    return max(idx) + 1 if idx else 0
-
-
 def _default_heads(width: int) -> int | None:
     if width % HEAD_WIDTH == 0:
         return width // HEAD_WIDTH
@@ -195,7 +190,7 @@ def infer_config(sd: dict, root: str = "", where: str = "state dict", num_heads:
     ids = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407) if vocab > 49407 else {}
     cfg = CLIPTextConfig(
         vocab_size=vocab, hidden_size=width, intermediate_size=int(sd[fc1].shape[0]),
-        num_hidden_layers=_num_layers(sd, root), num_attention_heads=int(heads),
+        num_hidden_layers=count_indexed(sd, root + "encoder.layers."), num_attention_heads=int(heads),
         max_position_embeddings=positions, hidden_act=act, layer_norm_eps=1e-5,
         attention_dropout=0.0, projection_dim=width, **ids,
     )

@@ -81,6 +81,14 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
+def count_indexed(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks `prefix{N}.` a state dict holds (1 + the largest N; 0 if none),
+    e.g. `count_indexed(sd, "encoder.layers.")`."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    idx = [int(m.group(1)) for k in sd if (m := pat.match(k))]
+    return max(idx) + 1 if idx else 0
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint on CPU.
 

@@ -92,7 +92,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..common.checkpoint import load_state_dict, shard_siblings
+from ..common.checkpoint import count_indexed, load_state_dict, shard_siblings
 from ..common.errors import VideoForgeError
 from ..common.ops import mismatch_report
 
@@ -194,12 +194,6 @@ def _what_is_it(sd: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
-def _num_layers(sd: dict, root: str) -> int:
-    pat = re.compile(re.escape(root + "layers.") + r"(\d+)\.")
-    idx = {int(m.group(1)) for k in sd if (m := pat.match(k))}
-    return max(idx) + 1 if idx else 0
-
-
 def _read_config_json(folder: str | None) -> dict | None:
     """A Qwen2-VL config.json in `folder` (None when absent or of another model)."""
     if not folder:
@@ -224,7 +218,7 @@ def infer_params(sd: dict, root: str, where: str = "state dict", config: dict | 
     if emb.dim() != 2:
         raise VideoForgeError(f"{where}: '{root}embed_tokens.weight' has shape {tuple(emb.shape)}; expected 2-D.")
     vocab, hidden = int(emb.shape[0]), int(emb.shape[1])
-    n = _num_layers(sd, root)
+    n = count_indexed(sd, root + "layers.")
     if n < 2:
         raise VideoForgeError(f"{where}: the language model has {n} decoder layer(s); EasyAnimate uses the "
                               "second-to-last layer's output, so at least 2 are needed.")
