@@ -68,7 +68,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import re
 from typing import Any
 
 import torch

@@ -86,7 +86,6 @@ import functools
 import importlib.util
 import json
 import os
-import re
 from typing import Any
 
 import torch
