@@ -6,6 +6,7 @@ model loader gets "this is a Wan2.1 VAE: load it with Load Video VAE" instead of
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,6 +77,19 @@ def _is_qwen2vl(sd: dict) -> bool:
     return detect_qwen2vl(sd) is not None
 
 
+# File names that say nothing on their own (diffusers / transformers folders): messages show the
+# folders above them too, e.g. "EasyAnimateV5.1-12b-zh-InP/transformer/diffusion_pytorch_model.safetensors".
+_GENERIC = re.compile(r"^(diffusion_pytorch_model|model|pytorch_model)([-.].*)?$")
+
+
+def display_name(path: str) -> str:
+    """The file's name for messages: the base name, with two parent folders when it is generic."""
+    parts = os.path.normpath(path).split(os.sep)
+    if _GENERIC.match(parts[-1]) and len(parts) >= 3:
+        return "/".join(parts[-3:])
+    return parts[-1]
+
+
 @dataclass(frozen=True)
 class Kind:
     desc: str      # "a Wan2.1 VAE", for messages
@@ -123,7 +137,7 @@ def _read(path: str, part: str) -> tuple[dict[str, torch.Tensor], Kind]:
     """The file's tensors and what it is, after checking it holds `part`."""
     sd = load_state_dict(path)
     kind = _kind(sd)
-    name = os.path.basename(path)
+    name = display_name(path)
     what = part.replace('_', ' ')
     if kind is None:
         raise VideoForgeError(f"{name}: not a checkpoint VideoForge recognises as a "
@@ -136,7 +150,7 @@ def _read(path: str, part: str) -> tuple[dict[str, torch.Tensor], Kind]:
 def load_video_model(path: str, dtype: str = "auto", attention: str = "auto") -> Any:
     """Diffusion model file -> family model (weights on CPU, stored in `dtype`)."""
     state, kind = _read(path, "model")
-    name, storage = os.path.basename(path), parse_dtype(dtype)
+    name, storage = display_name(path), parse_dtype(dtype)
     if kind.family == "sd15":
         return sd.build_unet(state, name, storage)
     if kind.family == "easyanimate":
@@ -153,7 +167,7 @@ def load_video_vae(path: str, dtype: str = "auto") -> Any:
     from .wan.vae import WanVAE
     state, kind = _read(path, "vae")
     dt = _vae_dtype(dtype)
-    name = os.path.basename(path)
+    name = display_name(path)
     if kind.family == "sd15":
         from .animatediff.vae import load_sd_vae
         return load_sd_vae(state, name, dt)
@@ -181,7 +195,7 @@ def _vae_dtype(dtype: str) -> torch.dtype:
 def load_text_encoder(path: str, dtype: str = "auto") -> Any:
     from .wan.text_encoder import load_text_encoder as load_umt5
     state, kind = _read(path, "text_encoder")
-    name = os.path.basename(path)
+    name = display_name(path)
     if kind.family == "sd15":
         from .animatediff.text_encoder import load_sd_text_encoder
         return load_sd_text_encoder(state, name, parse_dtype(dtype))
@@ -196,7 +210,7 @@ def load_checkpoint(path: str, dtype: str = "auto", vae_dtype: str = "auto") -> 
     from .animatediff.text_encoder import load_sd_text_encoder
     from .animatediff.vae import load_sd_vae
     state, _ = _read(path, "checkpoint")
-    name = os.path.basename(path)
+    name = display_name(path)
     return (sd.build_unet(state, name, parse_dtype(dtype)),
             load_sd_text_encoder(state, name, parse_dtype(dtype)),
             load_sd_vae(state, name, _vae_dtype(vae_dtype)))
@@ -206,13 +220,13 @@ def load_motion_module(path: str, dtype: str = "auto") -> Any:
     """AnimateDiff motion module file (official or diffusers layout) -> `MotionModel`."""
     from .animatediff.motion import build_motion_model
     state, _ = _read(path, "motion_module")
-    return build_motion_model(state, os.path.basename(path), parse_dtype(dtype))
+    return build_motion_model(state, display_name(path), parse_dtype(dtype))
 
 
 def load_motion_lora(path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from .animatediff.motion import parse_motion_lora
     state, _ = _read(path, "motion_lora")
-    return parse_motion_lora(state, os.path.basename(path))
+    return parse_motion_lora(state, display_name(path))
 
 
 def load_clip_vision(path: str, dtype: str = "auto"):
@@ -223,4 +237,4 @@ def load_clip_vision(path: str, dtype: str = "auto"):
     dt = parse_dtype(dtype)
     if dt == torch.float8_e4m3fn:
         raise VideoForgeError("fp8 storage is not offered for CLIP vision; choose auto, bf16, fp16 or fp32.")
-    return load_clip(state, dtype=dt, name=os.path.basename(path))
+    return load_clip(state, dtype=dt, name=display_name(path))
