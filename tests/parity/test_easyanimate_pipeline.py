@@ -115,17 +115,23 @@ def test_t2v_matches_easyanimate_pipeline(parts):
     assert _compare(got, want) <= 1e-3
 
 
-def test_inp_image_to_video_matches_inpaint_pipeline(parts):
+@pytest.mark.parametrize("with_end", [False, True], ids=["start", "start_end"])
+def test_inp_image_to_video_matches_inpaint_pipeline(parts, with_end):
     ref_dit = parts["dits"]["inp"][0]
     start = _images(11)                                       # [1, 3, H, W] in 0..1
+    end = _images(14) if with_end else None
     model = _load(parts, "inp")
-    cond = model.image_condition(parts["our_vae"], None, start.permute(0, 2, 3, 1), None, FRAMES)
+    cond = model.image_condition(parts["our_vae"], None, start.permute(0, 2, 3, 1),
+                                 None if end is None else end.permute(0, 2, 3, 1), FRAMES)
     model, shape, kw = _ours(parts, "inp", extra=cond)
     noise = noise_stream(shape, SEED)()
     pipe, timesteps = _reference("inp", parts, ref_dit)
     video = start[:, :, None].expand(1, 3, FRAMES, H, W).clone()  # get_image_to_video_latent
     mask = torch.zeros(1, 1, FRAMES, H, W)
     mask[:, :, 1:] = 255
+    if end is not None:
+        video[:, :, -1] = end
+        mask[:, :, -1] = 0
     with torch.no_grad():
         want = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=H, width=W,
                     video=video, mask_video=mask, num_inference_steps=STEPS, guidance_scale=CFG,
