@@ -93,8 +93,9 @@ class ControlVideoLatent:
     DESCRIPTION = ("Starts a video that follows a control video (e.g. the output of Canny Edges, "
                    "Depth Map or OpenPose) and, optionally, the look of a reference image, for "
                    "control models such as EasyAnimate V5.1 Control. The control frames are fitted "
-                   "to the video size and VAE-encoded; the first `frames` of the control video are "
-                   "used. The conditioning travels with the latent to Sample Video.")
+                   "to the video size and VAE-encoded; `frames` control frames are used, every "
+                   "`frame_stride`-th from the start. The conditioning travels with the latent to "
+                   "Sample Video.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -108,24 +109,32 @@ class ControlVideoLatent:
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
             "resize": (list(FIT_MODES), {"default": "crop", "tooltip":
                        "How control frames and the reference image are fitted to the video size."}),
+            "frame_stride": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip":
+                             "Use every n-th control frame. EasyAnimate was trained at about 8 fps "
+                             "and its scripts sample the control clip so: 3 for a 24 fps clip, 4 "
+                             "for 30 fps (then save the video at source fps / n)."}),
         }, "optional": {
             "reference_image": ("IMAGE", {"tooltip": "Optional: the look of the video (first image of the batch)."}),
         }}
 
     def create(self, model, vae, control_video, width: int, height: int, frames: int,
-               batch_size: int, resize: str, reference_image=None):
+               batch_size: int, resize: str, frame_stride: int = 1, reference_image=None):
         check_same_family(model=model, vae=vae)
         if not getattr(model, "takes_control", False):
             raise VideoForgeError(f"{getattr(model, 'name', '') or 'the model'} ({model.family} "
                                   f"{model.variant}) takes no control video; load a control model "
                                   "(e.g. EasyAnimateV5.1-12b-zh-Control).")
         shape = model.latent.shape(batch_size, frames, height, width)  # raises with advice
-        have = int(control_video.shape[0]) if control_video.dim() == 4 else 1
+        total = int(control_video.shape[0]) if control_video.dim() == 4 else 1
+        picked = control_video[::frame_stride] if control_video.dim() == 4 else control_video
+        have = int(picked.shape[0]) if picked.dim() == 4 else 1
         if have < frames:
             fit = model.latent.pixel_frames(model.latent.latent_frames(have)) if have else 0
-            raise VideoForgeError(f"the control video has {have} frames but frames={frames}; "
-                                  f"give a longer control video or set frames to {fit or 1} or fewer.")
-        control = fit_image(control_video[:frames], width, height, resize, "control_video")
+            every = f" (1 in {frame_stride} of its {total})" if frame_stride > 1 else ""
+            raise VideoForgeError(f"the control video has {have} frames{every} but frames={frames}; "
+                                  f"give a longer control video, a smaller frame_stride, or set "
+                                  f"frames to {fit or 1} or fewer.")
+        control = fit_image(picked[:frames], width, height, resize, "control_video")
         ref = None if reference_image is None else fit_image(reference_image[:1], width, height,
                                                              resize, "reference_image")
         plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)

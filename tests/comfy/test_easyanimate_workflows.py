@@ -177,6 +177,8 @@ def test_workflow_converts_with_intended_settings(comfy, which):
     # the size and length of EasyAnimate's V5.1 examples: 672x384, 49 frames
     assert {k: lat["inputs"][k] for k in ("width", "height", "frames", "batch_size")} == dict(
         width=672, height=384, frames=49, batch_size=1)
+    if which == "control":  # one for one with the source clip (its fps goes to Create Video)
+        assert lat["inputs"]["frame_stride"] == 1
     assert lat["inputs"]["model"] == [m_id, 0]
     s_id, s = find_node(api, "VFSampleVideo")
     # diffusers EasyAnimatePipeline defaults (50 steps, guidance 5.0), FlowMatchEuler, shift 1
@@ -263,6 +265,10 @@ def test_control_workflow_errors_then_runs_tiny(comfy, media):
     msg = failure(comfy, short, "VFControlVideoLatent")
     numbers = re.findall(r"\d+", msg)
     assert str(CLIP_FRAMES) in numbers and str(CLIP_FRAMES + 4) in numbers, msg
+    # every 2nd frame of the clip: fewer than `frames` again, and the message says so
+    set_inputs(short, "VFControlVideoLatent", frames=CLIP_FRAMES, frame_stride=2)
+    msg = failure(comfy, short, "VFControlVideoLatent")
+    assert f"1 in 2 of its {CLIP_FRAMES}" in msg and "frame_stride" in msg, msg
 
     path, _ = run_ok(comfy, tiny_prompt(comfy, "control", media, prefix="video/tiny_easyanimate_control"))
     check_video(path, CLIP_FPS)
