@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +37,7 @@ import torch.nn as nn
 from ..common import ops
 from ..common.attention import attention
 from ..common.errors import VideoForgeError
-from .unet import FeedForward, UNetConfig
+from .unet import FeedForward, UNetConfig, group_norm
 
 HEADS = 8  # every released AnimateDiff motion module (num_attention_heads: 8)
 
@@ -139,7 +140,7 @@ class TemporalAttention(nn.Module):
         self.pos_encoder = nn.Module()
         self.pos_encoder.register_buffer("pe", torch.zeros(1, pe_len, dim))
 
-    def forward(self, x: torch.Tensor, scale: float, lora: "LoraFn") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float, lora: LoraFn) -> torch.Tensor:
         """x [N, T, dim] (N = clips x pixels) -> [N, T, dim]."""
         x = x + self.pos_encoder.pe[:, :x.shape[1]].to(x.dtype)
 
@@ -163,7 +164,7 @@ class TemporalBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, scale: float, lora: "LoraFn") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float, lora: LoraFn) -> torch.Tensor:
         for attn, norm in zip(self.attention_blocks, self.norms):
             x = attn(norm(x), scale, lora) + x
         return self.ff(self.ff_norm(x)) + x
@@ -177,10 +178,9 @@ class TemporalTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList(TemporalBlock(ch, pe_len) for _ in range(depth))
         self.proj_out = ops.Linear(ch, ch)
 
-    def forward(self, x: torch.Tensor, frames: int, scale: float, lora: "LoraFn",
+    def forward(self, x: torch.Tensor, frames: int, scale: float, lora: LoraFn,
                 clip_norm: bool = False) -> torch.Tensor:
         """x [(B T), C, H, W] -> same; attention runs along T at each (b, h, w)."""
-        from .unet import group_norm
         n, c, hh, ww = x.shape
         b = n // frames
         h = group_norm(self.norm, x, frames if clip_norm else None)
@@ -289,7 +289,8 @@ def parse_motion_lora(sd: dict[str, torch.Tensor], name: str) -> dict[str, tuple
     return {k: (d["down"], d["up"]) for k, d in pairs.items()}
 
 
-LoraFn = "Callable[[TemporalAttention, str, torch.Tensor, torch.Tensor], torch.Tensor]"
+# lora(attention module, projection name, projection output y, its input x) -> y + LoRA terms
+LoraFn = Callable[[TemporalAttention, str, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
