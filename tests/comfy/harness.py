@@ -448,6 +448,34 @@ def check_ui_workflow(wf: dict) -> None:
             assert inp["link"] is None or any(link[0] == inp["link"] for link in wf["links"])
 
 
+def check_nodes_declared(wf: dict, object_info: dict, where: str) -> None:
+    """Assert every node's widgets (names, order, value count) and sockets follow its
+    /object_info declaration, optional ones included and drawn hollow (shape 7) as the frontend
+    draws them, and that no two nodes overlap (title bar 30 px above `pos` included): what the
+    browser test checks on the canvas, checked here without a browser."""
+    for n in wf["nodes"]:
+        if n["type"] == "MarkdownNote":
+            continue
+        declared = widget_inputs(object_info[n["type"]])
+        at = f"{where}: node {n['id']} {n['type']}"
+        assert [i["name"] for i in n["inputs"] if "widget" in i] == [name for name, _ in declared], at
+        assert len(n["widgets_values"]) == sum(k for _, k in declared), at
+        spec = object_info[n["type"]]["input"]
+        sockets = [i["name"] for i in n["inputs"] if "widget" not in i]
+        assert sorted(sockets) == sorted(k for sec in ("required", "optional") for k in (spec.get(sec) or {})
+                                         if k not in dict(declared)), at
+        optional = spec.get("optional") or {}
+        for i in n["inputs"]:
+            if "widget" not in i:
+                assert (i.get("shape") == 7) == (i["name"] in optional), (at, i["name"])
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0],
+              n["pos"][1] + n["size"][1]) for n in wf["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
+            assert apart, f"{where}: nodes {a[0]} and {b[0]} overlap"
+
+
 def widget_inputs(info: dict) -> list[tuple[str, int]]:
     """(name, number of widget values it takes) for a node's widget inputs, in frontend order."""
     out = []

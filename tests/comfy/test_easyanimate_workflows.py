@@ -14,8 +14,8 @@ import re
 import numpy as np
 import pytest
 
-from harness import (REPO_ROOT, TINY_NAMES, check_ui_workflow, find_comfyui, find_node, read_video,
-                     set_inputs, widget_inputs)
+from harness import (REPO_ROOT, TINY_NAMES, check_nodes_declared, check_ui_workflow, find_comfyui,
+                     find_node, read_video, set_inputs)
 from test_animatediff import fps_of, run_ok
 
 pytestmark = pytest.mark.skipif(
@@ -127,28 +127,7 @@ def test_workflow_is_valid_ui_format_with_declared_widgets(comfy, which):
     each file goes."""
     wf = load(WORKFLOWS[which])
     check_ui_workflow(wf)
-    info = comfy.object_info()
-    for n in wf["nodes"]:
-        if n["type"] == "MarkdownNote":
-            continue
-        declared = widget_inputs(info[n["type"]])
-        where = f"{which}: node {n['id']} {n['type']}"
-        assert [i["name"] for i in n["inputs"] if "widget" in i] == [name for name, _ in declared], where
-        assert len(n["widgets_values"]) == sum(k for _, k in declared), where
-        spec = info[n["type"]]["input"]
-        sockets = [i["name"] for i in n["inputs"] if "widget" not in i]
-        assert sorted(sockets) == sorted(k for sec in ("required", "optional") for k in (spec.get(sec) or {})
-                                         if k not in dict(declared)), where
-        optional = spec.get("optional") or {}
-        for i in n["inputs"]:  # optional sockets drawn hollow (shape 7) as the frontend does
-            if "widget" not in i:
-                assert (i.get("shape") == 7) == (i["name"] in optional), (where, i["name"])
-    boxes = [(n["id"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0],
-              n["pos"][1] + n["size"][1]) for n in wf["nodes"]]
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
-            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
-            assert apart, f"{which}: nodes {a[0]} and {b[0]} overlap"
+    check_nodes_declared(wf, comfy.object_info(), which)
     assert any(g["title"] == "Models" for g in wf["groups"])
     notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1
