@@ -70,3 +70,24 @@ def test_final_latent_matches_animatediff_pipeline(setup, solver, karras):
     print(f"PARITY {solver} karras={karras}: max abs error {err:.2e}")  # pytest -s
     assert err <= 1e-3, err
     assert want.abs().mean() > 0.05  # a real latent, not a vanishing one
+
+
+def test_part_loaders_take_their_part_of_the_checkpoint(setup, tmp_path_factory):
+    """Load Video Model / VAE / Text Encoder accept the single-file checkpoint too, and give what
+    Load SD Checkpoint gives; a checkpoint's part loaders refuse a motion module with advice."""
+    from models.common.errors import VideoForgeError
+    d = tmp_path_factory.mktemp("adparts")
+    ckpt = str(d / "sd15_tiny.safetensors")
+    fx.write_tiny_sd15_checkpoint(ckpt, seed=5)
+    model, te, vae = loader.load_checkpoint(ckpt)
+    m2, te2, vae2 = loader.load_video_model(ckpt), loader.load_text_encoder(ckpt), loader.load_video_vae(ckpt, "fp32")
+    for a, b in ((model.unet, m2.unet), (vae.vae, vae2.vae)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(te.encode([PROMPT])["context"], te2.encode([PROMPT])["context"])
+    mm = str(d / "mm.safetensors")
+    fx.write_tiny_motion_module(mm, seed=6)
+    with pytest.raises(VideoForgeError, match="motion module.*Apply Motion Module"):
+        loader.load_video_vae(mm)
+    with pytest.raises(VideoForgeError, match="Stable Diffusion 1.5 checkpoint.*not a motion module"):
+        loader.load_motion_module(ckpt)
