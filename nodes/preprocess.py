@@ -1,5 +1,9 @@
 """Canny / Depth / OpenPose control preprocessors: IMAGE batch (a video's frames) in, IMAGE batch
-of the same length out. The work is in models/preprocess; these only pick files and devices."""
+of the same length out. The work is in models/preprocess; these only pick files and devices.
+
+Their optional packages (OpenCV, onnxruntime) are imported when a node runs, never when the pack
+loads: without them every node still registers, and the one that needs them says what to install
+(`models/preprocess/_deps.py`)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +15,7 @@ from ..models.common.errors import VideoForgeError
 from ..models.preprocess.canny import canny_images
 from ..models.preprocess import depth as depth_mod
 from ..models.preprocess import dwpose as dwpose_mod
+from ..models.preprocess._deps import require
 from ..models.preprocess.frames import OUTPUT_SIZES, as_uint8_frames, to_image
 from ..models.preprocess.openpose_draw import draw_pose
 from .bridge import CATEGORY, Progress, device, files, free_memory, offload_device
@@ -84,6 +89,7 @@ class Canny:
         }}
 
     def run(self, images, low_threshold, high_threshold, resolution, blur, output_size):
+        require(self.DISPLAY_NAME, "cv2")
         edges = canny_images(images, low_threshold, high_threshold, resolution=resolution,
                              output=output_size, blur=blur, callback=Progress(len(images)))
         return (edges,)
@@ -123,6 +129,7 @@ class Depth:
         }}
 
     def run(self, images, model_name, resolution, normalize, output_size, batch_size, dtype):
+        require(self.DISPLAY_NAME, "transformers")  # no OpenCV needed
         frames = as_uint8_frames(images, "Depth images")
         dev = device()
         dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype) \
@@ -170,6 +177,7 @@ class OpenPose:
         }}
 
     def run(self, images, bbox_detector, pose_estimator, resolution, body, hands, face, output_size):
+        require(self.DISPLAY_NAME, "cv2", "onnxruntime")  # before the files: one message for both
         frames = as_uint8_frames(images, "OpenPose images")
         det_path, pose_path = annotator_path(bbox_detector), annotator_path(pose_estimator)
         if os.path.realpath(det_path) == os.path.realpath(pose_path):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import torch
 
 from ..common.errors import VideoForgeError
+from ._deps import optional, require
 from .frames import (Callback, check_images, detection_size, frame_to_uint8, output_size,
                      resize_binary, resize_image)
+
+WHAT = "Canny Edges"
+cv2 = optional("cv2", WHAT)
 
 
 def _workers() -> int:
@@ -71,6 +74,7 @@ def canny(frames: np.ndarray, low: float = 100, high: float = 200, *, resolution
           output: str = "input", blur: float = 0.0, callback: Callback | None = None,
           workers: int | None = None) -> np.ndarray:
     """uint8 RGB frames [N, H, W, 3] -> uint8 edge maps [N, h, w] (h, w per `output`)."""
+    require(WHAT, "cv2")
     check_thresholds(low, high, blur)
     n, h, w = frames.shape[:3]
     _, out, det_arg, out_arg = _sizes(h, w, resolution, output)
@@ -88,6 +92,7 @@ def canny_images(images, low: float = 100, high: float = 200, *, resolution: int
     """IMAGE batch in, IMAGE batch (white edges on black, float32 [N, h, w, 3]) out: the same
     maps as `canny`, with the float <-> uint8 conversions done per frame inside the workers
     (at 512x512 they cost more than Canny itself when done batch-wide)."""
+    require(WHAT, "cv2")
     check_thresholds(low, high, blur)
     x = check_images(images, "Canny images")
     n, h, w = x.shape[:3]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..common.checkpoint import SAFETENSORS_EXT, load_state_dict
 from ..common.errors import VideoForgeError
+from ._deps import require
 from .frames import Callback, detection_size, output_size
 
 NORMALIZE = ("frame", "clip")
@@ -132,7 +133,7 @@ def load_depth_model(path: str) -> DepthModel:
     if kind not in KINDS:
         raise VideoForgeError(f"{path}: config model_type is {kind!r}; expected one of {sorted(KINDS)} "
                               f"(Depth-Anything or DPT / MiDaS). {EXPECTED}")
-    import transformers
+    transformers = require("Depth Map", "transformers")
     from transformers import CONFIG_MAPPING
 
     try:

@@ -26,11 +26,14 @@ import os
 import threading
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..common.errors import VideoForgeError
+from ._deps import optional, require
 from .frames import Callback, detection_size, output_size, resize_image
+
+WHAT = "OpenPose (DWPose)"
+cv2 = optional("cv2", WHAT)
 
 NUM_KEYPOINTS = 133
 DET_SIZE = (640, 640)
@@ -56,7 +59,7 @@ _sessions_lock = threading.Lock()
 
 
 def providers_for(use_gpu: bool) -> list[str]:
-    import onnxruntime as ort
+    ort = require(WHAT, "onnxruntime")
     avail = ort.get_available_providers()
     if use_gpu and "CUDAExecutionProvider" in avail:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -67,11 +70,7 @@ def get_session(path: str, providers: list[str]):
     """onnxruntime session, cached by (file, size, mtime, providers)."""
     if not os.path.isfile(path):
         raise VideoForgeError(f"{path}: file not found. {HINT}")
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise VideoForgeError("OpenPose (DWPose) needs onnxruntime: pip install onnxruntime "
-                              "(or onnxruntime-gpu for CUDA) into ComfyUI's Python.") from e
+    ort = require(WHAT, "onnxruntime")
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, tuple(providers))
     with _sessions_lock:
@@ -223,6 +222,7 @@ class DWPose:
     """The two ONNX models; call `detect(frame)` or `__call__(frames, ...)`."""
 
     def __init__(self, det_path: str, pose_path: str, use_gpu: bool = False) -> None:
+        require(WHAT, "cv2", "onnxruntime")  # both, named in one message
         providers = providers_for(use_gpu)
         self.det = get_session(det_path, providers)
         self.pose = get_session(pose_path, providers)

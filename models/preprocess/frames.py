@@ -4,16 +4,27 @@
 either at the input size (`output="input"`, the default) or at the detection size
 (`output="detection"`). Frames travel as uint8 RGB numpy arrays [N, H, W, 3] between the steps
 (what OpenCV and onnxruntime want) and leave as ComfyUI IMAGE tensors [N, H, W, 3] float 0..1.
+
+Non-finite pixels are defined, not left to the platform (a NaN cast to uint8 is 0 on one CPU and
+255 on another): before any cast, float pixels become NaN -> 0, +inf -> 1, -inf -> 0 and are
+clamped to 0..1, i.e. torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+(`models.common.video.clean_pixels`, the rule every IMAGE input follows).
+
+The conversions and checks here need only NumPy / torch (the Depth node runs without OpenCV);
+the resizes import OpenCV when first used (`_deps.optional`).
 """
 from __future__ import annotations
 
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 
 from ..common.errors import VideoForgeError
+from ..common.video import clean_pixels
+from ._deps import optional
+
+cv2 = optional("cv2", "Frame resizing (Canny, OpenPose)")
 
 OUTPUT_SIZES = ("input", "detection")
 MAX_SIDE = 16384  # a detection size beyond this is a typo or an absurd aspect ratio
@@ -48,19 +59,26 @@ def check_images(images, what: str = "image") -> torch.Tensor:
 
 def frame_to_uint8(frame: torch.Tensor) -> np.ndarray:
     """One frame [H, W, C] (float 0..1 or uint8; C = 1, 3, 4) -> contiguous uint8 RGB [H, W, 3].
-    Rounded; NaN -> 0; clamped to 0..1; RGBA over white; gray repeated."""
-    f = frame.numpy() if frame.dtype == torch.uint8 else frame.float().numpy()
-    c = f.shape[2]
-    if c == 4:  # composite over white (as the reference annotators do), in float
-        rgba = f.astype(np.float32) / (255.0 if f.dtype == np.uint8 else 1.0)
-        alpha = np.clip(np.nan_to_num(rgba[..., 3:4]), 0.0, 1.0)
-        f = rgba[..., :3] * alpha + (1.0 - alpha)
+
+    Float pixels, alpha included, are first cleaned (`clean_pixels`: NaN -> 0, +inf -> 1,
+    -inf -> 0, clamped to 0..1), so the cast below never sees a non-finite or out-of-range
+    value and the result is the same on every platform. RGBA is composited over white, then
+    pixels are scaled by 255 and rounded half to even (as OpenCV's convertScaleAbs); gray is
+    repeated into the three channels."""
+    if frame.dtype == torch.uint8:
+        f = frame.numpy()
+        if f.shape[2] == 4:  # composite in float, like float RGBA below
+            f = f.astype(np.float32) * np.float32(1.0 / 255.0)
+    else:
+        f = clean_pixels(frame.float()).numpy()
+    if f.shape[2] == 4:  # composite over white (as the reference annotators do)
+        alpha = f[..., 3:4]
+        f = f[..., :3] * alpha + (np.float32(1.0) - alpha)  # <= 1 (+ 1 ulp): rounds to <= 255
     if f.dtype != np.uint8:
-        f = np.ascontiguousarray(f, dtype=np.float32)
-        # clamp to 0..1 (NaN stays NaN, which OpenCV's rounding turns into 0), scale, round
-        f = cv2.convertScaleAbs(np.clip(f, 0.0, 1.0), alpha=255.0)
-    if f.ndim == 2 or f.shape[2] == 1:
-        return cv2.cvtColor(np.ascontiguousarray(f.reshape(f.shape[0], f.shape[1])), cv2.COLOR_GRAY2RGB)
+        np.multiply(f, np.float32(255.0), out=f)
+        f = np.rint(f, out=f).astype(np.uint8)
+    if f.shape[2] == 1:
+        return np.repeat(f, 3, axis=2)
     return np.ascontiguousarray(f)
 
 
@@ -118,7 +136,7 @@ def resize_binary(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def to_image(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W] / [N, H, W, 3] or float 0..1 [N, H, W] / [N, H, W, 3] maps -> IMAGE float32
-    [N, H, W, 3] (contiguous; converted frame by frame with OpenCV / NumPy, no big temporaries)."""
+    [N, H, W, 3] (contiguous; converted frame by frame with NumPy, no big temporaries)."""
     m = maps.numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
     n, h, w = m.shape[:3]
     out = torch.empty((n, h, w, 3), dtype=torch.float32)
@@ -126,7 +144,5 @@ def to_image(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
     scale = np.float32(1.0 / 255.0) if m.dtype == np.uint8 else np.float32(1.0)
     for i in range(n):
         f = m[i]
-        if f.ndim == 2:
-            f = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_GRAY2RGB) if f.dtype == np.uint8 else f[..., None]
-        np.multiply(f, scale, out=o[i], casting="unsafe")
+        np.multiply(f[..., None] if f.ndim == 2 else f, scale, out=o[i], casting="unsafe")
     return out

@@ -16,10 +16,12 @@ from __future__ import annotations
 import colorsys
 import math
 
-import cv2
 import numpy as np
 
+from ._deps import optional
 from .dwpose import BODY, FACE, LEFT_HAND, RIGHT_HAND, Pose
+
+cv2 = optional("cv2", "OpenPose drawing")
 
 STICK_WIDTH = 4
 JOINT_RADIUS = 4

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import tests_fixtures as fx
 from models.common.errors import VideoForgeError
 from models.preprocess.canny import canny, canny_images
 from models.preprocess.frames import (as_uint8_frames, detection_size, output_size, resize_binary,
@@ -113,7 +114,9 @@ def test_batch_order_progress_and_interrupt():
     calls = []
     out = canny(frames, 100, 200, resolution=64, callback=lambda d, t: calls.append((d, t)))
     assert calls == [(i + 1, 12) for i in range(12)]
-    for i in range(12):  # frame i's map is its own (threads keep the order)
+    # frame i's map is its own (threads keep the order). Exact: the same uint8 frame through the
+    # same OpenCV calls (no resize here; Canny is integer Sobel + hysteresis), whatever thread runs it
+    for i in range(12):
         assert np.array_equal(out[i], canny(frames[i:i + 1], 100, 200, resolution=64, workers=1)[0])
     assert len({out[i].tobytes() for i in range(12)}) == 12
 
@@ -143,10 +146,43 @@ def test_frames_conversion_rgba_gray_and_ranges():
     assert g.shape == (1, 4, 5, 3) and (g == 128).all()
     g2 = as_uint8_frames(torch.full((1, 4, 5), 0.25))
     assert g2.shape == (1, 4, 5, 3) and (g2 == 64).all()
-    weird = torch.tensor([[[[float("nan"), -1.0, 2.0]]]])
-    assert as_uint8_frames(weird).tolist() == [[[[0, 0, 255]]]]
+    weird = torch.tensor([[[[float("nan"), -1.0, 2.0], [float("inf"), float("-inf"), 0.5]]]])
+    assert as_uint8_frames(weird).tolist() == [[[[0, 0, 255], [255, 0, 128]]]]
     img = to_image(np.array([[[0, 255]]], np.uint8))
     assert img.shape == (1, 1, 2, 3) and img.dtype == torch.float32 and img[0, 0, 1].tolist() == [1, 1, 1]
+
+
+def test_non_finite_pixels_are_defined():
+    """NaN -> 0, +inf -> 255, -inf -> 0 (clamped before any cast, so the same on every CPU: a
+    NaN cast to uint8 is 0 on x86 and 255 elsewhere), for whole frames and single pixels."""
+    x, want = fx.nonfinite_frames()
+    keep = x.clone()
+    u = as_uint8_frames(x)
+    assert np.array_equal(u, want)
+    assert (u[0] == 0).all() and (u[1] == 255).all() and (u[2] == 0).all()
+    assert (u[3, 2:10, 2:14] == 0).all() and (u[3, 2:10, 18:30] == 255).all()   # NaN, +inf blocks
+    assert (u[3, 14:22, 2:14] == 0).all()                                          # -inf block
+    assert (u[3, 14:22, 18:30, :2] == [255, 0]).all()                              # 3.0, -2.0
+    assert (u[3, 23] == [0, 255, 0]).all()                                         # NaN, +inf, -inf
+    assert torch.equal(x.isnan(), keep.isnan()) and torch.equal(x.nan_to_num(), keep.nan_to_num())  # untouched
+    # other float dtypes: the same rule (a finite float64 beyond float32 is just "above 1")
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        assert np.array_equal(as_uint8_frames(x.to(dt))[:3], want[:3]), dt
+    big = torch.tensor([[[[1e300, -1e300, float("nan")]]]], dtype=torch.float64)
+    assert as_uint8_frames(big).tolist() == [[[[255, 0, 0]]]]
+    # RGBA: channels (alpha included) cleaned first, then composited over white
+    nan, inf = float("nan"), float("inf")
+    rgba = torch.tensor([[[[1.0, 0.0, 0.0, nan],      # NaN alpha -> 0: transparent -> white
+                           [nan, 1.0, nan, 1.0],      # NaN colour, opaque -> 0
+                           [nan, nan, nan, 0.0],      # NaN colour, transparent -> white
+                           [inf, -inf, 0.0, 0.5],     # inf colour half transparent: 1, 0.5, 0.5
+                           [0.0, 0.0, 1.0, inf]]]])   # +inf alpha -> opaque
+    assert as_uint8_frames(rgba).tolist() == [[[[255, 255, 255], [0, 255, 0], [255, 255, 255],
+                                                [255, 128, 128], [0, 0, 255]]]]
+    # Canny (the IMAGE entry converts per frame in its workers): the maps of the cleaned frames
+    got = canny_images(x, 100, 200, resolution=24)
+    assert torch.isfinite(got).all() and got[:3].sum() == 0 and got[3].sum() > 0
+    assert torch.equal(got, to_image(canny(want, 100, 200, resolution=24)))  # same uint8 frames, same calls
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -181,6 +217,10 @@ def test_image_batch_entry_matches_uint8_path():
     rng = np.random.default_rng(1)
     imgs = torch.from_numpy(rng.random((5, 40, 56, 3)).astype(np.float32))
     imgs[2, 10:30, 10:40] = 1.0
+    # Exact: both paths convert with the same elementwise frame_to_uint8, then make the same
+    # OpenCV calls (resize, GaussianBlur, Canny, resize back) on identical uint8 frames; only the
+    # thread differs, and OpenCV computes each output pixel by the same sequence of operations
+    # whichever thread or stripe it falls in. No two different kernels are compared.
     for output in ("input", "detection"):
         want = to_image(canny(as_uint8_frames(imgs), 50, 120, resolution=48, output=output, blur=0.8))
         got = canny_images(imgs, 50, 120, resolution=48, output=output, blur=0.8)

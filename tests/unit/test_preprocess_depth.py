@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import tests_fixtures as fx
 from models.common.errors import VideoForgeError
 from models.preprocess import depth as D
+from models.preprocess.frames import as_uint8_frames, to_image
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,22 @@ def test_no_network_access_needed(da_files, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     m = D.load_depth_model(os.path.join(os.path.dirname(da_files["folder"]), "model.safetensors"))
     assert m.kind == "depth_anything"
+
+
+def test_non_finite_frames_in_the_node_path(da_files):
+    """The Depth node's input conversion (as_uint8_frames): NaN -> 0, +inf -> 255, -inf -> 0
+    before the network; maps stay finite and equal the maps of the cleaned frames."""
+    x, want = fx.nonfinite_frames(28, 42)
+    frames = as_uint8_frames(x, "Depth images")
+    assert np.array_equal(frames, want)
+    assert (frames[0] == 0).all() and (frames[1] == 255).all() and (frames[2] == 0).all()
+    m = D.load_depth_model(da_files["json"])
+    for net in (m, D.DepthModel(net=BrightnessNet(), mean=[0, 0, 0], std=[1, 1, 1])):
+        got = D.estimate_depth(net, frames, resolution=28, normalize="frame")
+        assert got.shape == (4, 28, 42) and torch.isfinite(got).all()
+        # identical uint8 frames through the identical calls: the same bits
+        assert torch.equal(got, D.estimate_depth(net, want, resolution=28, normalize="frame"))
+        assert torch.isfinite(to_image(got)).all()
+    bright = D.estimate_depth(D.DepthModel(net=BrightnessNet(), mean=[0, 0, 0], std=[1, 1, 1]),
+                              frames, resolution=28, normalize="clip")
+    assert float(bright[1].min()) == 1.0 and float(bright[0].max()) == 0.0  # white = near, black = far

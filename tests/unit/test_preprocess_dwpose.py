@@ -11,6 +11,7 @@ import tests_fixtures as fx
 from models.common.errors import VideoForgeError
 from models.preprocess import dwpose as W
 from models.preprocess import openpose_draw as P
+from models.preprocess.frames import as_uint8_frames
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -205,6 +206,24 @@ def test_no_person_gives_empty_frame(models):
     assert W.pose_to_openpose_json(p) == {"people": [], "canvas_height": 64, "canvas_width": 96}
 
 
+def test_non_finite_frames_in_the_node_path(models):
+    """The OpenPose node's input conversion (as_uint8_frames): NaN -> 0, +inf -> 255, -inf -> 0,
+    so the networks see defined pixels; the poses are those of the cleaned frames."""
+    x, want = fx.nonfinite_frames(*FRAME)
+    frames = as_uint8_frames(x, "OpenPose images")
+    assert np.array_equal(frames, want)
+    assert (frames[0] == 0).all() and (frames[1] == 255).all() and (frames[2] == 0).all()
+    m = W.DWPose(models["det_two"], models["pose_rand"])
+    got, ref = m(frames, resolution=256), m(want, resolution=256)
+    for p, q in zip(got, ref):
+        assert p.keypoints.shape == (2, 134, 2)
+        assert np.isfinite(p.keypoints).all() and np.isfinite(p.scores).all()
+        # the same uint8 frames: equal up to onnxruntime's run-to-run float noise (none expected)
+        np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-4)
+        np.testing.assert_allclose(p.scores, q.scores, atol=1e-6)
+        assert P.draw_pose(p).shape == (*FRAME, 3)
+
+
 def test_sessions_are_cached(models):
     a = W.DWPose(models["det"], models["pose"])
     b = W.DWPose(models["det"], models["pose"])
@@ -293,6 +312,8 @@ def test_body_drawing_pixel_exact():
     vis[10] = False  # right ankle missing: limb 9-10 -> 10-11 not drawn, no joint
     got = P.draw_pose(pose_of(SKELETON, vis), hands=False, face=False)
     want = reference_body(np.zeros((200, 160, 3), np.uint8), SKELETON, vis)
+    # Exact: integer rasterisation by the same OpenCV calls; the 0.6 dimming is one correctly
+    # rounded float64 multiply per value (int(c * 0.6) vs (canvas * 0.6).astype) in both paths
     assert got.shape == (200, 160, 3) and got.dtype == np.uint8
     assert np.array_equal(got, want), np.argwhere((got != want).any(-1))[:10]
     # and by hand: joint centres in the palette colour, limb middles at 60 %
