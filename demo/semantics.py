@@ -12,6 +12,8 @@ pixels in a frame.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,8 +96,9 @@ def analyse(frames: torch.Tensor | np.ndarray, ends: int = 3) -> Track:
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
-    """("red", "right") from "a red circle moving right" (the demo vocabulary)."""
-    words = prompt.lower().split()
+    """("red", "right") from "a red circle moving right" (the demo vocabulary), read the way the
+    demo tokenizer reads it: case, punctuation and quotes aside ("A red circle, moving RIGHT.")."""
+    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", prompt).casefold())
     colour = next((w for w in words if w in COLOUR_CHANNEL), None)
     direction = next((w for w in reversed(words) if w in ("left", "right", "up", "down")), None)
     if colour is None or direction is None:

@@ -10,6 +10,7 @@ save it in exactly the files ComfyUI users have (the "repackaged" single safeten
 
     E=$(bash .ci/env.sh); $E/bin/python demo/train.py            # all stages
     $E/bin/python demo/train.py --stage dit                      # reuse the saved VAE
+    $E/bin/python demo/train.py --stage tokenizer                # only re-embed the tokenizer
 
 Stages (`--stage all` runs them in this order, which is how the committed files were made):
 1. VAE (`demo/train_vae.py`): the Wan2.1 VAE architecture at base width 16, trained with
@@ -21,7 +22,11 @@ Stages (`--stage all` runs them in this order, which is how the committed files 
    left / right / up / down over a plain or graded background, caption "a red circle moving
    right"), encoded ONCE with our own loader + VAE (`models/wan`), exactly as Encode Video would.
 3. Tokenizer: a SentencePiece word model trained on the caption vocabulary with T5's ids
-   (pad 0, eos 1, unk 2), embedded in the text-encoder file as ComfyUI's `spiece_model`.
+   (pad 0, eos 1, unk 2), embedded in the text-encoder file as ComfyUI's `spiece_model`. Its
+   normalizer (`demo_normalization_rules`) is nmt_nfkc_cf (NFKC, case folding) that also turns
+   punctuation and quotes into spaces, so "A Red circle moving right." means what the caption
+   does. `--stage tokenizer` rebuilds only it, into the saved text encoder (same pieces and ids;
+   the committed file's tokenizer was made that way, after training, with the same rules).
 4. Text encoder + DiT, trained together with the flow-matching loss Wan uses
    (x_s = (1 - s) x0 + s noise, target noise - x0, timestep s * 1000): transformers'
    UMT5EncoderModel at d_model 64, and our own `models/wan/model.py` WanModel at width 256
@@ -41,8 +46,11 @@ import io
 import itertools
 import math
 import os
+import struct
 import sys
+import tempfile
 import time
+import unicodedata
 
 import torch
 from safetensors import safe_open
@@ -66,19 +74,124 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(sentences: list[str], vocab_size: int = 32) -> bytes:
-    """Serialized SentencePiece model with T5 / UMT5 special ids (pad 0, eos 1, unk 2, no bos),
-    trained in memory: the form ComfyUI embeds as `spiece_model`. Word pieces (one id per
-    caption word; other words map to <unk>) with case folding, so "A Red Circle" works too."""
+def is_punctuation(cp: int) -> bool:
+    """BERT's BasicTokenizer test: the ASCII symbols and punctuation (!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~)
+    and every Unicode punctuation character (general category P*: quotes, dashes, brackets, ...)."""
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(chr(cp)).startswith("P")
+
+
+def decode_charsmap(blob: bytes) -> dict[str, str]:
+    """A SentencePiece `precompiled_charsmap` -> its rules {source: replacement} (what the C++
+    `Builder::DecompileCharsMap` gives). The blob is a little-endian uint32 trie size, a
+    darts-clone double-array trie over the UTF-8 sources, then the NUL-terminated replacements
+    the trie's values point into. In the trie, node n's child for byte c is the unit at
+    n ^ offset(n) ^ c whose label is c, and no two nodes share an offset; so every labelled
+    unit u names its parent's offset as u ^ label(u), and the trie is walked one byte level at
+    a time for all nodes at once."""
+    import numpy as np
+
+    size, = struct.unpack_from("<I", blob, 0)
+    units = np.frombuffer(blob, "<u4", size // 4, 4).astype(np.int64)
+    targets = blob[4 + size:]
+    pos = np.arange(units.size)
+    base = pos ^ ((units >> 10) << ((units & (1 << 9)) >> 6))   # offset(unit), darts-clone's encoding
+    label = units & ((1 << 31) | 0xFF)        # leaf units have bit 31 set: never a byte label
+    labelled = pos[(label >= 1) & (label <= 255)]
+    order = np.argsort(labelled ^ label[labelled], kind="stable")
+    by_parent_base = (labelled ^ label[labelled])[order]
+    labelled = labelled[order]
+    rules, nodes, keys = {}, np.zeros(1, np.int64), [b""]
+    while nodes.size:
+        lo = np.searchsorted(by_parent_base, base[nodes], "left")
+        count = np.searchsorted(by_parent_base, base[nodes], "right") - lo
+        parent = np.repeat(np.arange(nodes.size), count)
+        nodes = labelled[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
+        keys = [keys[p] + bytes((c,)) for p, c in zip(parent.tolist(), label[nodes].tolist())]
+        for i in np.nonzero((units[nodes] >> 8) & 1)[0].tolist():
+            start = int(units[base[nodes[i]]] & ((1 << 31) - 1))   # the leaf, at the node's offset
+            rules[keys[i].decode("utf-8")] = targets[start:targets.index(b"\0", start)].decode("utf-8")
+    return rules
+
+
+def demo_normalization_rules(nmt_nfkc_cf: dict[str, str]) -> dict[str, str]:
+    """SentencePiece's nmt_nfkc_cf rules (NFKC, case folding, odd spaces to a space) with every
+    punctuation character (`is_punctuation`), and any that a rule produces (fullwidth "！", "…"),
+    turned into a space (SentencePiece then collapses runs of spaces and trims the ends), so
+    "A Blue circle, moving RIGHT." and "“a blue circle moving right!”" tokenize as "a blue circle
+    moving right" does. Real tokenizers split punctuation off; a space does that, without the
+    punctuation tokens the demo never saw (they would be <unk>: "right." was one)."""
+    def fold(text: str) -> str:
+        return "".join(" " if is_punctuation(ord(ch)) else ch for ch in text)
+
+    rules = {src: fold(dst) for src, dst in nmt_nfkc_cf.items()}
+    rules.update({chr(cp): " " for cp in range(0x110000)
+                  if not 0xD800 <= cp <= 0xDFFF and is_punctuation(cp)})
+    return rules
+
+
+def spm_pieces(spm_bytes: bytes) -> list[tuple[str, float, int]]:
+    """(piece, score, type) by id: what the trained embeddings are indexed by."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto.FromString(spm_bytes)
+    return [(p.piece, p.score, p.type) for p in model.pieces]
+
+
+def _train_spm(sentences: list[str], vocab_size: int, **normalizer) -> bytes:
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
-        model_type="word", normalization_rule_name="nmt_nfkc_cf", pad_id=0, eos_id=1, unk_id=2,
-        bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+        model_type="word", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        hard_vocab_limit=False, num_threads=1, minloglevel=2, **normalizer,
     )
     return buf.getvalue()
+
+
+def train_tokenizer(sentences: list[str], vocab_size: int = 32) -> bytes:
+    """Serialized SentencePiece model with T5 / UMT5 special ids (pad 0, eos 1, unk 2, no bos),
+    trained in memory: the form ComfyUI embeds as `spiece_model`. Word pieces (one id per
+    caption word; other words map to <unk>) with `demo_normalization_rules` as its normalizer
+    (a user-defined rule table compiled into the model), so case, punctuation, quotes and extra
+    spaces do not change the ids: "A Red Circle moving right." works too. The captions have
+    none of these, so the pieces and ids are those of a plain nmt_nfkc_cf model."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    base = _train_spm(sentences, vocab_size, normalization_rule_name="nmt_nfkc_cf")
+    charsmap = sentencepiece_model_pb2.ModelProto.FromString(base).normalizer_spec.precompiled_charsmap
+    rules = demo_normalization_rules(decode_charsmap(charsmap))
+
+    def hex_cps(text: str) -> str:
+        return " ".join(f"{ord(c):X}" for c in text)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tsv = os.path.join(tmp, "demo_rules.tsv")  # SentencePiece's rule format: source \t target
+        with open(tsv, "w", encoding="utf-8") as f:
+            f.writelines(f"{hex_cps(src)}\t{hex_cps(dst)}\n" for src, dst in sorted(rules.items()))
+        model = sentencepiece_model_pb2.ModelProto.FromString(
+            _train_spm(sentences, vocab_size, normalization_rule_tsv=tsv))
+    model.normalizer_spec.ClearField("normalization_rule_tsv")  # the temporary file's path
+    out = model.SerializeToString()
+    if spm_pieces(out) != spm_pieces(base):
+        raise RuntimeError("demo tokenizer: the normalization rules changed the pieces")
+    return out
+
+
+def embed_tokenizer(path: str, spm_bytes: bytes) -> None:
+    """Replace the `spiece_model` of a saved text encoder (stage `tokenizer`), keeping every other
+    tensor and the metadata. Only a tokenizer with the same pieces and ids is accepted: the
+    trained embeddings are indexed by those ids."""
+    from safetensors.torch import load_file, save_file
+
+    sd, meta = load_file(path), file_metadata(path)
+    if spm_pieces(sd["spiece_model"].numpy().tobytes()) != spm_pieces(spm_bytes):
+        raise RuntimeError(f"{path}: the new tokenizer's pieces differ from the trained one's; retrain "
+                           "(--stage dit) instead")
+    sd["spiece_model"] = torch.frombuffer(bytearray(spm_bytes), dtype=torch.uint8)
+    save_file(sd, path, metadata=meta)
 
 
 def text_config(vocab: int):
@@ -264,10 +377,12 @@ def save_dit(dit, path: str, metadata: dict[str, str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=("all", "vae", "vae-finetune", "dit", "vae-decoder"), default="all",
+    ap.add_argument("--stage", choices=("all", "vae", "vae-finetune", "dit", "vae-decoder", "tokenizer"),
+                    default="all",
                     help="all: VAE (train, 9-frame fine-tune) then DiT + text encoder; "
                          "vae-finetune: only the fine-tune of the saved VAE; dit: reuse the saved VAE; "
-                         "vae-decoder: only the decoder's 17-frame fine-tune")
+                         "vae-decoder: only the decoder's 17-frame fine-tune; "
+                         "tokenizer: only the text encoder's spiece_model (same ids, new normalizer)")
     ap.add_argument("--vae-steps", type=int, default=900)
     ap.add_argument("--vae-finetune-steps", type=int, default=250)
     ap.add_argument("--vae-decoder-steps", type=int, default=150)
@@ -321,6 +436,10 @@ def main() -> None:
         vae = finetune_decoder(VAE_PATH, args.vae_decoder_steps, seed=args.seed, log=log)
         save_vae(vae, VAE_PATH, {**vae_meta, "decoder_steps_17_frames": str(args.vae_decoder_steps)})
         log(f"vae: decoder fine-tuned on 17-frame clips in {time.time() - t0:.0f} s")
+    if args.stage == "tokenizer":
+        # The trained embeddings are indexed by the ids, which embed_tokenizer checks are unchanged.
+        embed_tokenizer(TE_PATH, train_tokenizer(CAPTIONS))
+        log(f"tokenizer: rewrote the spiece_model of {TE_PATH}")
     log(f"total {time.time() - t_all:.0f} s with {args.threads} threads")
 
 
