@@ -14,9 +14,6 @@ Writes a JSON next to the printed tables (bench/results/vae_tiling.json).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -28,23 +25,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from models.common.memory import peak_rss_growth  # noqa: E402
+
 TRAINED = ROOT / "demo" / "weights" / "vae" / "videoforge_demo_wan_vae.safetensors"
 
 
 # ------------------------------------------------------------------ worker (one decode)
-def _kb(field: str) -> int:
-    return int(next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-                    if ln.startswith(field + ":")).split()[1])
-
-
-def _reset_peak() -> int:
-    gc.collect()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
-    return _kb("VmRSS")
-
-
 def random_vae_sd(dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
     from models.wan.vae import WanVAE
     torch.manual_seed(seed)
@@ -113,11 +99,15 @@ def worker(job: dict) -> dict:
                 else:
                     img = comfy_nodes.VAEDecode().decode(vae, {"samples": raw})[0]
                 return img.reshape(1, -1, *img.shape[-3:]).permute(0, 4, 1, 2, 3)  # [1, 3, F, H, W]
-    base = _reset_peak()
-    t0 = time.perf_counter()
-    out = run()
-    secs = time.perf_counter() - t0
-    peak_mb = (_kb("VmHWM") - base) / 1024
+    box: dict = {}
+
+    def timed_run() -> None:
+        t0 = time.perf_counter()
+        box["out"] = run()
+        box["secs"] = time.perf_counter() - t0
+
+    peak_mb = peak_rss_growth(timed_run) / 2 ** 20
+    out, secs = box["out"], box["secs"]
     res = {**job, "seconds": secs, "peak_mb": peak_mb, "output_mb": out.numel() * 4 / 2 ** 20,
            "shape": list(out.shape)}
     if job.get("save"):

@@ -8,9 +8,6 @@ See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import statistics
@@ -24,6 +21,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from models.common.memory import peak_rss_growth  # noqa: E402
 from models.wan.convert import to_diffusers  # noqa: E402
 from models.wan.family import build_dit  # noqa: E402
 from models.wan.model import WanConfig, WanModel  # noqa: E402
@@ -106,25 +104,9 @@ def timed(fn: Forward) -> float:
         return time.perf_counter() - t0
 
 
-def _status_kb(field: str) -> int:
-    return int(next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-                    if ln.startswith(field + ":")).split()[1])
-
-
 def peak_rss_growth_mb(fn: Forward) -> float:
-    """Peak resident memory added by one forward, from the kernel's own high-water mark.
-
-    malloc_trim first hands memory that glibc cached from earlier forwards back to the OS
-    (otherwise a later framework reuses it and looks smaller); clear_refs=5 then resets VmHWM
-    so the mark covers this forward only (Linux >= 4.0). Output and temporaries alive at the
-    peak all count: that is what the forward costs on top of the weights."""
-    gc.collect()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _status_kb("VmRSS")
-    timed(fn)
-    return (_status_kb("VmHWM") - base) / 1024
+    """Peak resident memory added by one forward (models.common.memory.peak_rss_growth)."""
+    return peak_rss_growth(fn) / 2 ** 20
 
 
 def matmul_gflops(m: int, k: int, n: int, reps: int = 10, mm: bool = False) -> float:

@@ -2,13 +2,17 @@
 and turning our errors into messages the UI shows."""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
+import torch
 
 from ..models.common.errors import VideoForgeError
+from ..models.common.memory import Estimate, check_fits
 
 CATEGORY = "VideoForge"
 
@@ -26,9 +30,49 @@ def offload_device():
     return mm.unet_offload_device()
 
 
-def free_bytes() -> int:
-    """Memory free for work on the compute device (VRAM on GPU, RAM on CPU)."""
-    return int(mm.get_free_memory(device()))
+def free_bytes(dev: torch.device | None = None) -> int:
+    """Memory free for work on `dev` (default: the compute device): VRAM on GPU, RAM on CPU."""
+    return int(mm.get_free_memory(dev or device()))
+
+
+def where(dev: torch.device) -> str:
+    return "the CPU (RAM)" if dev.type == "cpu" else f"{dev} (VRAM)"
+
+
+def check_memory(est: Estimate, dev: torch.device | None = None) -> None:
+    """Refuse `est` (a VideoForgeError with the estimate, what is free and what to change) when
+    it cannot fit on `dev`. On a GPU, ComfyUI is first asked to unload models to make room."""
+    dev = dev or device()
+    free = free_bytes(dev)
+    if est.total > free and dev.type != "cpu":
+        mm.free_memory(est.total, dev)
+        free = free_bytes(dev)
+    check_fits(est, free, where(dev))
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and
+                                  "can't allocate memory" in str(e))
+
+
+@contextlib.contextmanager
+def oom_guard(what: str, advice: str = "use fewer frames, a smaller size or a lower batch_size"
+              ) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block into a VideoForgeError with advice, after
+    the failed work's tensors are released and the allocator's cache is emptied."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - anything else is re-raised unchanged
+        if not _out_of_memory(e):
+            raise
+        msg = str(e).splitlines()[0][:200]
+    else:
+        return
+    # Out of the except block: the traceback (and the tensors its frames held) is gone now.
+    mm.soft_empty_cache()
+    raise VideoForgeError(f"{what} ran out of memory ({msg}); {advice}. The memory it held has "
+                          "been released.")
 
 
 def free_memory() -> None:

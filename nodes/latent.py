@@ -5,9 +5,24 @@ import torch
 
 from ..models.common.errors import VideoForgeError
 from ..models.common.family import check_same_family
+from ..models.common.memory import Estimate, describe_latent, sampling_estimate, tensor_bytes
 from ..models.common.video import FIT_MODES, fit_image
-from .bridge import CATEGORY, Progress, device, free_memory, offload_device
-from .vae import tile_plan
+from .bridge import CATEGORY, Progress, check_memory, device, free_memory, offload_device, oom_guard
+from .vae import check_vae_memory, tile_plan
+
+
+def empty_latent(model, shape: tuple[int, ...]) -> torch.Tensor:
+    """The zero latent of `shape`, after checking that it fits in RAM and that the least any
+    Sample Video of it needs (one latent frame per network call) fits where the model runs:
+    an oversized request is refused here, in a moment, before anything is allocated."""
+    size = describe_latent(model.latent, shape)
+    least = sampling_estimate(model, shape, 1, device())
+    least.parts.pop("weights")
+    least.what = f"sampling this latent ({size}) later"
+    check_memory(least, device())
+    check_memory(Estimate(f"the latent ({size})", {"latent": tensor_bytes(shape)}, least.advice),
+                 offload_device())
+    return torch.zeros(shape, device=offload_device())
 
 
 class EmptyVideoLatent:
@@ -31,7 +46,7 @@ class EmptyVideoLatent:
 
     def create(self, model, width: int, height: int, frames: int, batch_size: int):
         shape = model.latent.shape(batch_size, frames, height, width)  # raises with advice
-        return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family},)
+        return ({"samples": empty_latent(model, shape), "vf_family": model.family},)
 
 
 class ImageToVideoLatent:
@@ -68,21 +83,25 @@ class ImageToVideoLatent:
         shape = model.latent.shape(batch_size, frames, height, width)  # raises with advice
         start = fit_image(start_image[:1], width, height, resize, "start_image")
         end = None if end_image is None else fit_image(end_image[-1:], width, height, resize, "end_image")
+        samples = empty_latent(model, shape)
         plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)
-        vae.to(device())
-        if clip_vision is not None:
-            clip_vision.to(device())
-        try:
-            bar = Progress(1)
-            cond = model.image_condition(vae, clip_vision, start, end, frames, plan,
-                                         callback=lambda d, n: bar(d, n))
-        finally:
-            vae.to(offload_device())
+        # the conditioning video (start / end image, the rest grey or zero) and its VAE input
+        est = check_vae_memory(f"Image To Video Latent ({width}x{height}, {frames} frames)", vae,
+                               plan, frames, height, width, pixel_copies=3)
+        with oom_guard(est.what, est.advice):
+            vae.to(device())
             if clip_vision is not None:
-                clip_vision.to(offload_device())
-            free_memory()
-        return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family,
-                 "vf_cond": cond},)
+                clip_vision.to(device())
+            try:
+                bar = Progress(1)
+                cond = model.image_condition(vae, clip_vision, start, end, frames, plan,
+                                             callback=lambda d, n: bar(d, n))
+            finally:
+                vae.to(offload_device())
+                if clip_vision is not None:
+                    clip_vision.to(offload_device())
+                free_memory()
+        return ({"samples": samples, "vf_family": model.family, "vf_cond": cond},)
 
 
 class ControlVideoLatent:
@@ -134,19 +153,24 @@ class ControlVideoLatent:
             raise VideoForgeError(f"the control video has {have} frames{every} but frames={frames}; "
                                   f"give a longer control video, a smaller frame_stride, or set "
                                   f"frames to {fit or 1} or fewer.")
+        samples = empty_latent(model, shape)
+        plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)
+        # the fitted control frames, their video form and its VAE input
+        est = check_vae_memory(f"Control Video Latent ({width}x{height}, {frames} frames)", vae,
+                               plan, frames, height, width, pixel_copies=3)
         control = fit_image(picked[:frames], width, height, resize, "control_video")
         ref = None if reference_image is None else fit_image(reference_image[:1], width, height,
                                                              resize, "reference_image")
-        plan = tile_plan(vae, height, width, frames, True, 0, 0, 0, 0)
-        vae.to(device())
-        try:
-            bar = Progress(1)
-            cond = model.control_condition(vae, control, ref, plan, callback=lambda d, n: bar(d, n))
-        finally:
-            vae.to(offload_device())
-            free_memory()
-        return ({"samples": torch.zeros(shape, device=offload_device()), "vf_family": model.family,
-                 "vf_cond": cond},)
+        with oom_guard(est.what, est.advice):
+            vae.to(device())
+            try:
+                bar = Progress(1)
+                cond = model.control_condition(vae, control, ref, plan,
+                                               callback=lambda d, n: bar(d, n))
+            finally:
+                vae.to(offload_device())
+                free_memory()
+        return ({"samples": samples, "vf_family": model.family, "vf_cond": cond},)
 
 
 NODES = {"VFEmptyVideoLatent": EmptyVideoLatent, "VFImageToVideoLatent": ImageToVideoLatent,

@@ -1,10 +1,14 @@
 """Sample Video."""
 from __future__ import annotations
 
+import torch
+
 from ..models.common.family import check_same_family
+from ..models.common.memory import sampling_estimate
+from ..models.common.video import check_finite
 from ..models.sampling import SOLVERS
 from ..models.sampling.video import generate
-from .bridge import CATEGORY, Progress, device, free_memory, offload_device
+from .bridge import CATEGORY, Progress, check_memory, device, free_memory, offload_device, oom_guard
 
 
 class SampleVideo:
@@ -45,17 +49,28 @@ class SampleVideo:
         check_same_family(model=model, conditioning=conditioning["family"],
                           latent=latent.get("vf_family", model.family))
         model.check_cond(conditioning["positive"])
+        samples, dev = latent["samples"], device()
+        if denoise < 1.0:  # the latent's content is used only then
+            check_finite(samples, "Sample Video: the input latent")
+        for k, v in (latent.get("vf_cond") or {}).items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                check_finite(v, f"Sample Video: the latent's {k} conditioning")
+        est = sampling_estimate(model, tuple(samples.shape),
+                                getattr(context_options, "length", None), dev)
+        check_memory(est, dev)
         bar = Progress(steps)
-        model.to(device())
-        try:
-            out = generate(model, latent["samples"], conditioning["positive"],
-                           conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
-                           solver=sampler, shift=shift, denoise=denoise,
-                           extra=latent.get("vf_cond"), context=context_options, karras=karras,
-                           callback=lambda i, n, *_: bar(i + 1, n))
-        finally:
-            model.to(offload_device())
-            free_memory()
+        with oom_guard(est.what, est.advice):
+            model.to(dev)
+            try:
+                out = generate(model, samples, conditioning["positive"],
+                               conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
+                               solver=sampler, shift=shift, denoise=denoise,
+                               extra=latent.get("vf_cond"), context=context_options,
+                               karras=karras, callback=lambda i, n, *_: bar(i + 1, n))
+            finally:
+                model.to(offload_device())
+                free_memory()
+        check_finite(out, "Sample Video: the sampled latent")
         return ({**latent, "samples": out.to(offload_device())},)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from ..models.common.family import check_same_family
+from ..models.common.memory import describe_latent, vae_estimate
 from ..models.common.tiling import TilePlan, auto_plan
-from ..models.common.video import to_image_batch, to_video
-from .bridge import CATEGORY, Progress, device, free_bytes, free_memory, offload_device
+from ..models.common.video import check_finite, to_image_batch, to_video
+from .bridge import (CATEGORY, Progress, check_memory, device, free_bytes, free_memory,
+                     offload_device, oom_guard)
 
 # Share of the free memory a decode may plan to use (weights are already loaded; the output
 # video and allocator slack need the rest).
@@ -25,6 +27,19 @@ TILING_INPUTS = {
     "temporal_overlap": ("INT", {"default": 8, "min": 0, "max": 1024, "step": 4, "tooltip":
                                  "Frames a chunk re-reads before its own as cache warm-up (dropped)."}),
 }
+
+
+TILING_ADVICE = ("turn auto on, or use a smaller tile_size / temporal_size, fewer frames or a "
+                 "smaller size")
+
+
+def check_vae_memory(what: str, vae, plan: TilePlan, frames: int, height: int, width: int,
+                     pixel_copies: float):
+    """Refuse a VAE pass that cannot fit (see models/common/memory.vae_estimate); returns the
+    estimate (its `what` / `advice` serve the out-of-memory guard too)."""
+    est = vae_estimate(what, vae, plan, frames, height, width, device(), pixel_copies, TILING_ADVICE)
+    check_memory(est, device())
+    return est
 
 
 def tile_plan(vae, height: int, width: int, frames: int, auto: bool, tile_size: int, overlap: int,
@@ -59,19 +74,29 @@ class DecodeVideo:
         check_same_family(vae=vae, latent=latent.get("vf_family", vae.family))
         fmt = vae.latent
         b, _, t, h, w = samples.shape
-        plan = tile_plan(vae, h * fmt.space_ratio, w * fmt.space_ratio, fmt.pixel_frames(t),
-                         auto, tile_size, overlap, temporal_size, temporal_overlap)
-        vae.to(device())
-        try:
-            bar, frames = Progress(1), []
-            for i in range(b):
-                video = vae.decode(samples[i:i + 1], plan=plan,
-                                   callback=lambda d, n, i=i: bar(i * n + d, b * n))
-                frames.append(video.to(offload_device()))
-        finally:
-            vae.to(offload_device())
-            free_memory()
-        return (to_image_batch(frames),)
+        check_finite(samples, "Decode Video: the latent")
+        height, width, f = h * fmt.space_ratio, w * fmt.space_ratio, fmt.pixel_frames(t)
+        plan = tile_plan(vae, height, width, f, auto, tile_size, overlap, temporal_size,
+                         temporal_overlap)
+        # the decoded batch, its concatenation and the IMAGE batch made from it
+        est = check_vae_memory(f"Decode Video ({describe_latent(fmt, tuple(samples.shape))})",
+                               vae, plan, b * f, height, width, pixel_copies=3)
+        with oom_guard(est.what, est.advice):
+            vae.to(device())
+            try:
+                bar, frames = Progress(1), []
+                for i in range(b):
+                    video = vae.decode(samples[i:i + 1], plan=plan,
+                                       callback=lambda d, n, i=i: bar(i * n + d, b * n))
+                    frames.append(video.to(offload_device()))
+            finally:
+                vae.to(offload_device())
+                free_memory()
+            images = to_image_batch(frames)
+        del frames
+        check_finite(images, "Decode Video: the decoded video (a VAE overflow: pick bf16 or fp32 "
+                     "in Load Video VAE)", frame_dim=0, name="frame")
+        return (images,)
 
 
 class EncodeVideo:
@@ -92,13 +117,17 @@ class EncodeVideo:
         video = to_video(frames, "frames")  # [1, 3, F, H, W]
         f, h, w = video.shape[2:]
         plan = tile_plan(vae, h, w, f, auto, tile_size, overlap, temporal_size, temporal_overlap)
-        vae.to(device())
-        try:
-            bar = Progress(1)
-            lat = vae.encode(video, plan=plan, callback=lambda d, n: bar(d, n))
-        finally:
-            vae.to(offload_device())
-            free_memory()
+        # the video (made already) and its cast / move to the VAE
+        est = check_vae_memory(f"Encode Video ({w}x{h}, {f} frames)", vae, plan, f, h, w,
+                               pixel_copies=1)
+        with oom_guard(est.what, est.advice):
+            vae.to(device())
+            try:
+                bar = Progress(1)
+                lat = vae.encode(video, plan=plan, callback=lambda d, n: bar(d, n))
+            finally:
+                vae.to(offload_device())
+                free_memory()
         return ({"samples": lat.to(offload_device(), torch.float32), "vf_family": vae.family},)
 
 

@@ -66,9 +66,19 @@ class SDVideoModel(NodeModel):
     def unet(self) -> UNet:
         return self.net
 
+    # One token per latent pixel of every frame; working memory scales with the base width.
+    # Measured fp32 (bench/activation_memory.py), SD1.5 (320): 36 KB per latent pixel + 108 MB;
+    # these give 46 KB + 154 MB (+28%); width 64 (tests/unit/test_memory.py): +12%.
+    PATCH = (1, 1, 1)
+    ACT_DIM, ACT_FFN, ACT_FIXED = 36.0, 0.0, 120000.0
+
     @property
     def text_width(self) -> int:
         return self.unet.cfg.context_dim
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.unet.cfg.model_channels, 0
 
     @property
     def variant(self) -> str:

@@ -120,6 +120,36 @@ class NodeModel:
         self.net.to(self.device)
         return self
 
+    # Memory pre-check (models/common/memory.py): one forward's working memory is
+    # tokens x (ACT_DIM x width + ACT_FFN x ffn width) + ACT_FIXED x width elements of the
+    # compute dtype (ACT_FIXED: the text tokens and everything else that does not grow with the
+    # video); the coefficients are fitted per family to bench/activation_memory.py's figures.
+    PATCH: tuple[int, int, int] = (1, 2, 2)   # latent (frames, rows, cols) per token
+    ACT_DIM: float
+    ACT_FFN: float
+    ACT_FIXED: float
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(model width, feed-forward width) that the per-token working memory scales with."""
+        raise NotImplementedError
+
+    def tokens(self, shape: tuple[int, ...]) -> int:
+        """Tokens one forward on a latent of `shape` [B, C, T, H, W] processes (all batch items)."""
+        b, _, t, h, w = shape
+        pt, ph, pw = self.PATCH
+        return b * -(-t // pt) * -(-h // ph) * -(-w // pw)
+
+    def activation_bytes(self, shape: tuple[int, ...], device: torch.device | str | None = None) -> float:
+        """Peak working memory of one `denoise` on a latent of `shape`, on `device` (default:
+        where the model is), in the dtype it would compute in there."""
+        from .ops import compute_dtype_for, storage_dtype_of
+        dev = torch.device(device) if device is not None else self.device
+        dt = compute_dtype_for(storage_dtype_of(dict(self.net.named_parameters())), dev)
+        dim, ffn = self.widths
+        elems = self.tokens(shape) * (self.ACT_DIM * dim + self.ACT_FFN * ffn) + self.ACT_FIXED * dim
+        return elems * torch.finfo(dt).bits / 8
+
     def check_cond(self, cond: dict[str, Any]) -> None:
         """Raise when the conditioning comes from another family's or a mismatched encoder."""
         if cond.get("family", self.family) != self.family:
@@ -153,10 +183,13 @@ class NodeVAE:
     def width(self) -> int:
         raise NotImplementedError
 
+    FIXED_SHARE: float = 0.0   # share of BYTES_PER_PIXEL that does not scale with the width
+
     @property
     def bytes_per_pixel(self) -> float:
         size = torch.finfo(self.dtype).bits / 32
-        return self.BYTES_PER_PIXEL * self.width / self.REF_WIDTH * size
+        scale = self.FIXED_SHARE + (1 - self.FIXED_SHARE) * self.width / self.REF_WIDTH
+        return self.BYTES_PER_PIXEL * scale * size
 
     def to(self, device: torch.device | str) -> "NodeVAE":
         self.device = torch.device(device)

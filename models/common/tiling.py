@@ -18,7 +18,7 @@ decodes / encodes one window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 
@@ -222,6 +222,16 @@ def tiled_encode(encode: EncodeFn, video: torch.Tensor, fmt: LatentFormat, plan:
             _space_axis(hp // s, plan.tile // s, plan.overlap // s, s, 1),
             _space_axis(wp // s, plan.tile // s, plan.overlap // s, s, 1))
     return _blend(lambda v: [(0, encode(v))], video, out, axes, callback)
+
+
+def working_bytes(plan: TilePlan, fmt: LatentFormat, height: int, width: int, frames: int,
+                  bytes_per_pixel: float, streams_time: bool) -> float:
+    """Estimated working memory of one decode / encode step under `plan` (what `auto_plan`
+    sizes): `bytes_per_pixel` x the pixel-frames of the largest window alive at once."""
+    step = fmt.time_ratio if streams_time else min(plan.t_tile or frames, frames)
+    th = min(plan.tile, height) if plan.tile else height
+    tw = min(plan.tile, width) if plan.tile else width
+    return bytes_per_pixel * step * th * tw
 
 
 def auto_plan(fmt: LatentFormat, height: int, width: int, frames: int, bytes_per_pixel: float,

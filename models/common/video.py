@@ -9,8 +9,28 @@ from .errors import VideoForgeError
 
 def to_image_batch(videos: list[torch.Tensor]) -> torch.Tensor:
     """[B, 3, F, H, W] in [-1, 1] (list, concatenated over B) -> IMAGE [B*F, H, W, 3] in [0, 1]."""
-    v = torch.cat(videos, dim=0)
-    return ((v.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()
+    v = torch.cat(videos, dim=0).float()  # a new tensor: the in-place steps below touch only it
+    return v.clamp_(-1, 1).add_(1).div_(2).permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()
+
+
+def clean_pixels(images: torch.Tensor) -> torch.Tensor:
+    """The defined clean-up of IMAGE pixels, the same wherever an IMAGE enters (model inputs,
+    preprocessors): NaN -> 0, +inf -> 1, -inf -> 0, and finite values clamped to 0..1."""
+    return torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def check_finite(x: torch.Tensor, what: str, frame_dim: int = 2, name: str = "latent frame") -> None:
+    """Raise a VideoForgeError naming the first frame of `x` that holds NaN / inf values.
+    Latents are not cleaned up silently: a non-finite latent means something upstream broke
+    (an overflowing dtype, a bad file), and zeros in its place would hide it."""
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    frames = bad.movedim(frame_dim, 0).flatten(1).any(1).nonzero().flatten().tolist()
+    raise VideoForgeError(f"{what}: {name} {frames[0]} (of {x.shape[frame_dim]}) holds NaN / inf "
+                          f"values ({len(frames)} such frame(s)). It came from upstream: a model "
+                          "run in fp16 can overflow (pick bf16 or fp32 in the loader), or the "
+                          "latent / image input is corrupt.")
 
 
 def to_rgb(images: torch.Tensor, where: str = "image") -> torch.Tensor:
@@ -34,7 +54,7 @@ def to_rgb(images: torch.Tensor, where: str = "image") -> torch.Tensor:
         images = images.float() / 255.0
     elif not images.is_floating_point():
         raise VideoForgeError(f"{where}: expected float pixels in 0..1, got dtype {images.dtype}.")
-    images = images.float()
+    images = clean_pixels(images.float())
     if c == 4:
         images = images[..., :3]
     elif c in (1, 2):

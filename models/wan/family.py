@@ -35,9 +35,19 @@ class WanVideoModel(NodeModel):
     def variant(self) -> str:
         return f"{self.dit.cfg.model_type}-{self.dit.cfg.size_name}"
 
+    # Measured fp32 (bench/activation_memory.py): 1.3B 137 KB/token + 54 MB, 14B 205 KB/token
+    # + 116 MB, width 512 / ffn 2048 (tests/unit/test_memory.py) 136..160 MB at 3840 tokens.
+    # These coefficients cover all three: 168 KB + 63 MB (+23%), 337 KB + 205 MB (+64%),
+    # 185 MB (+16..36%).
+    ACT_DIM, ACT_FFN, ACT_FIXED = 7.0, 3.5, 10000.0
+
     @property
     def text_width(self) -> int:
         return self.dit.cfg.text_dim
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.dit.cfg.dim, self.dit.cfg.ffn_dim
 
     @property
     def takes_images(self) -> bool:
@@ -119,9 +129,10 @@ class WanVideoVAE(NodeVAE):
     # The causal cache streams time exactly: temporal chunks add nothing (tiling.auto_plan).
     streams_time = True
     # Working memory per output pixel-frame of one decode step (one latent frame -> 4 frames),
-    # fp32, base dim 96: bench/vae_tiling.py measured 1547 MB peak for 256x256 (4 x 65536
-    # pixel-frames per step) = 5.9 KB; scaled by dim and the dtype's size.
-    BYTES_PER_PIXEL, REF_WIDTH = 6000.0, 96
+    # fp32: peak RSS growth of a 9-frame decode (tests/unit/test_memory.py) at base dim 96 was
+    # 7.0 KB (192x192) / 6.7 KB (256x256), at dim 32 4.4 / 3.2 KB: about half of it does not
+    # scale with the width. 7400 with a fixed share of 0.47 covers all four (+5% .. +48%).
+    BYTES_PER_PIXEL, REF_WIDTH, FIXED_SHARE = 7400.0, 96, 0.47
 
     @property
     def width(self) -> int:
