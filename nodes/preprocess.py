@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 from ..models.common.errors import VideoForgeError
+from ..models.common.memory import Estimate
 from ..models.preprocess.canny import canny_images
 from ..models.preprocess import depth as depth_mod
 from ..models.preprocess import dwpose as dwpose_mod
 from ..models.preprocess._deps import require
-from ..models.preprocess.frames import OUTPUT_SIZES, as_uint8_frames, to_image
+from ..models.preprocess.frames import (OUTPUT_SIZES, as_uint8_frames, detection_size,
+                                        output_size as map_size, to_image)
 from ..models.preprocess.openpose_draw import draw_pose
-from .bridge import CATEGORY, Progress, device, files, free_memory, offload_device
+from .bridge import CATEGORY, Progress, check_memory, device, files, free_memory, offload_device
 
 FOLDER = "annotators"
 DET_DEFAULT = "yolox_l.onnx"
@@ -66,6 +68,38 @@ def annotator_path(name: str) -> str:
     return path
 
 
+# Working memory per detection-size pixel of one frame in flight. Canny / DWPose: a few uint8 /
+# float32 copies of the frame per worker (resize, blur, letterbox, normalised input): <= 64 B.
+# Depth: the DPT head runs 256 channels in fp32 up to the detection size, two such tensors
+# alive: 2 KB (from the architecture; the transformer part is far smaller at these sizes).
+WORK_PER_PIXEL = {"canny": 64, "dwpose": 64, "depth": 2048}
+
+
+def check_preprocess_memory(what: str, kind: str, images, resolution: int, output: str,
+                            in_flight: int = 2) -> None:
+    """Refuse a preprocessor run whose frames, maps and working memory cannot fit in RAM
+    (the maps come back as float32 IMAGEs, 12 bytes per pixel, after a uint8 copy)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        return  # as_uint8_frames reports the bad input
+    f, h, w = (int(s) for s in images.shape[:3])
+    oh, ow = map_size(h, w, resolution, output)
+    dh, dw = detection_size(h, w, resolution)
+    est = Estimate(f"{what} ({f} frames of {w}x{h}, maps {ow}x{oh})",
+                   advice="use fewer frames or a lower resolution" + (
+                       ", or output_size=detection (maps at the detection size)"
+                       if output == "input" else ""))
+    est.add("frames (uint8)", f * h * w * 3)
+    est.add("maps", f * oh * ow * 3 * (1 + 4))
+    work = in_flight * dh * dw * WORK_PER_PIXEL[kind]
+    work_dev = device() if kind == "depth" else offload_device()  # the depth model may run on a GPU
+    if work_dev == offload_device():
+        est.add("working memory", work)
+    else:
+        check_memory(Estimate(est.what, {"working memory": work}, "use a lower batch_size or "
+                              "resolution"), work_dev)
+    check_memory(est, offload_device())
+
+
 class Canny:
     DISPLAY_NAME = "Canny Edges (video)"
     CATEGORY = f"{CATEGORY}/preprocess"
@@ -90,6 +124,8 @@ class Canny:
 
     def run(self, images, low_threshold, high_threshold, resolution, blur, output_size):
         require(self.DISPLAY_NAME, "cv2")
+        check_preprocess_memory(self.DISPLAY_NAME, "canny", images, resolution, output_size,
+                                in_flight=os.cpu_count() or 2)
         edges = canny_images(images, low_threshold, high_threshold, resolution=resolution,
                              output=output_size, blur=blur, callback=Progress(len(images)))
         return (edges,)
@@ -130,6 +166,8 @@ class Depth:
 
     def run(self, images, model_name, resolution, normalize, output_size, batch_size, dtype):
         require(self.DISPLAY_NAME, "transformers")  # no OpenCV needed
+        check_preprocess_memory(self.DISPLAY_NAME, "depth", images, resolution, output_size,
+                                in_flight=batch_size)
         frames = as_uint8_frames(images, "Depth images")
         dev = device()
         dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype) \
@@ -178,6 +216,7 @@ class OpenPose:
 
     def run(self, images, bbox_detector, pose_estimator, resolution, body, hands, face, output_size):
         require(self.DISPLAY_NAME, "cv2", "onnxruntime")  # before the files: one message for both
+        check_preprocess_memory(self.DISPLAY_NAME, "dwpose", images, resolution, output_size)
         frames = as_uint8_frames(images, "OpenPose images")
         det_path, pose_path = annotator_path(bbox_detector), annotator_path(pose_estimator)
         if os.path.realpath(det_path) == os.path.realpath(pose_path):

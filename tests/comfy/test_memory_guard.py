@@ -67,3 +67,21 @@ def test_a_request_that_fits_is_not_refused(comfy):
     set_inputs(api, "VFSampleVideo", steps=2)
     result = comfy.run(api, timeout=600)
     assert result["status"] == "success", f"{result.get('error')}\n{comfy.log_tail()}"
+
+
+def test_oversized_preprocess_is_refused(comfy):
+    """Canny at the largest detection size on a long clip: its maps alone exceed the RAM."""
+    info = comfy.object_info()
+    assert "VFCanny" in info
+    api = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 4096,
+                                                       "color": 0}},
+        "2": {"class_type": "VFCanny", "inputs": {"images": ["1", 0], "low_threshold": 100,
+                                                  "high_threshold": 200, "resolution": 8192,
+                                                  "blur": 0.0, "output_size": "detection"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    result = comfy.run(api, timeout=300)
+    assert result["status"] == "error", result
+    assert "Canny Edges (video) (4096 frames of 64x64, maps 8192x8192)" in result["error"]
+    assert "a lower resolution" in result["error"] and comfy.alive()
