@@ -80,6 +80,10 @@ def video_bytes(frames: int, height: int, width: int, batch: int = 1,
 # CFG pair (cond, uncond, the guided mix), the input latent and the returned copy. Counted from
 # models/sampling (sampler.sample, guidance.guided, video.generate); 12 is an upper bound.
 SAMPLER_LATENT_COPIES = 12
+# A whole Sample Video (2 steps, CFG) peaked 1.13x above one forward's working memory at
+# 480x320x33 with the 1.3B width (bench/memory_check.py): the step's other tensors at token
+# width (the two passes' outputs, the context copies) outlive a single call.
+SAMPLING_OVERHEAD = 1.2
 
 
 def describe_latent(fmt: Any, shape: tuple[int, ...]) -> str:
@@ -105,7 +109,7 @@ def sampling_estimate(model: Any, latent_shape: tuple[int, ...], context_frames:
                    advice="use fewer frames, a smaller size or a lower batch_size "
                           "(Context Options also bound the frames per network call)")
     est.add("latents", SAMPLER_LATENT_COPIES * tensor_bytes(latent_shape))
-    est.add("network activations",
+    est.add("network activations", SAMPLING_OVERHEAD *
             model.activation_bytes((b, c, min(t, context_frames or t), h, w), device))
     est.add("weights", module_bytes_off(model.net, device))
     return est
