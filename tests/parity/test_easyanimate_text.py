@@ -138,6 +138,7 @@ def test_comfy_tokenizer_gives_same_ids(ea, enc):
     ids_a, mask_a = enc.tokenize(PROMPTS + NEGATIVE)
     ids_b, mask_b = comfy.tokenize(PROMPTS + NEGATIVE)
     assert torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)
+    # same weights (test_all_file_forms_load_identically), same ids, same batch: the same kernels
     assert _err(comfy.encode(PROMPTS)["context"], enc.encode(PROMPTS)["context"]) == 0.0
 
 

@@ -21,6 +21,21 @@ TOL = 1e-4  # max abs error, fp32
 FILE = {"original": "diffusion_pytorch_model.safetensors",
         "diffusers": "easyanimate_v5.1_vae_diffusers.safetensors"}
 
+# Decoding a shorter latent is the same causal computation, but `decode_stream` runs the 1x1x1
+# post_quant_conv over the whole latent first: for another T (and on other CPUs / BLAS builds)
+# it picks another fp32 kernel whose sums differ in the last ulp, and this random tiny decoder
+# amplifies that to a few 1e-6 of the output range (measured up to 7.7e-6 with MKL limited to
+# AVX2; 0 on this CPU's default path). A causal leak moves earlier frames by far more.
+CAUSAL_REL = 5e-5
+
+
+def assert_causal_match(got: torch.Tensor, want: torch.Tensor) -> None:
+    """`got` equals `want` up to the last-ulp differences of differently shaped fp32 kernels:
+    max abs difference <= CAUSAL_REL * max |want|."""
+    assert got.shape == want.shape
+    err, scale = (got - want).abs().max().item(), want.abs().max().item()
+    assert err <= CAUSAL_REL * scale, f"max abs diff {err:.3g} > {CAUSAL_REL} * max |ref| {scale:.3g}"
+
 
 @pytest.fixture(scope="module", params=["original", "diffusers"])
 def pair(request, tmp_path_factory):
@@ -100,19 +115,25 @@ def test_batch_and_single_frame_match_diffusers(one, batch, n):
 
 def test_streaming_in_time_is_exact(one):
     """Decoding streams latent frame by latent frame: the pieces are the whole decode, and the
-    decode of the first k latent frames is exactly the first 4(k-1)+1 frames of the whole
-    (causal: later frames never change earlier ones). The same holds for encoding."""
+    decode of the first k latent frames is the first 4(k-1)+1 frames of the whole, exactly up to
+    fp32 kernel rounding (causal: later frames never change earlier ones). The same holds for
+    encoding, bit for bit."""
     ours, _ = one
     g = torch.Generator().manual_seed(5)
     latent = torch.randn(1, 16, 3, 2, 2, generator=g)
     full = ours.decode(latent)
     pieces = list(ours.vae.decode_stream(latent))
     assert [(k, p.shape[2]) for k, p in pieces] == [(0, 1), (1, 4), (5, 4)]
+    # decode() is this very stream, untiled (weights exactly 1): bit-identical
     assert torch.equal(torch.cat([p for _, p in pieces], dim=2), full)
-    assert torch.equal(ours.decode(latent[:, :, :2]), full[:, :, :5])
-    assert torch.equal(ours.decode(latent[:, :, :1]), full[:, :, :1])
+    # a shorter latent: the same causal computation, other kernel shapes (see CAUSAL_REL)
+    assert_causal_match(ours.decode(latent[:, :, :2]), full[:, :, :5])
+    assert_causal_match(ours.decode(latent[:, :, :1]), full[:, :, :1])
     video = full.clone()
     lat = ours.encode(video)
+    # Encoding runs every chunk (frame 0, then 4 frames) through the same kernels on the same
+    # chunk shapes and data whatever follows it; over the whole input it only concatenates and
+    # scales (exactly rounded elementwise): bit-identical, on every CPU path tried.
     assert torch.equal(ours.encode(video[:, :, :5]), lat[:, :, :2])
     assert torch.equal(ours.encode(video[:, :, :1]), lat[:, :, :1])
 
@@ -127,7 +148,7 @@ def test_tiled_decode_and_encode(one):
     g = torch.Generator().manual_seed(7)
     latent = torch.randn(1, 16, 1, 6, 6, generator=g)
     full = ours.decode(latent)
-    # one tile covering the frame: the very same numbers
+    # one tile covering the frame: the untiled computation (weights exactly 1), the very same numbers
     assert torch.equal(ours.decode(latent, plan=TilePlan(tile=48, overlap=16)), full)
     tiled = ours.decode(latent, plan=TilePlan(tile=32, overlap=16))
     # the corner that only the first tile covers is diffusers' decode of that tile's latent
@@ -160,13 +181,14 @@ def test_tiled_decode_and_encode(one):
 
 def test_temporal_chunks_are_warm_up_approximations(one):
     """Temporal windows (not needed: decoding streams time) restart the causal cache with a
-    one-latent-frame warm-up; frames before the first cut stay exact."""
+    one-latent-frame warm-up; frames before the first cut stay exact (up to fp32 kernel rounding)."""
     ours, _ = one
     g = torch.Generator().manual_seed(9)
     latent = torch.randn(1, 16, 5, 2, 2, generator=g)
     full = ours.decode(latent)
     chunked = ours.decode(latent, plan=TilePlan(t_tile=8, t_overlap=4))
-    assert torch.equal(chunked[:, :, :5], full[:, :, :5])
+    # the first chunk decodes a shorter latent: other kernel shapes (see CAUSAL_REL)
+    assert_causal_match(chunked[:, :, :5], full[:, :, :5])
     e = (chunked - full).abs()
     print(f"decode temporal 8/4 on 17 frames: max {e.max():.3f} mean {e.mean():.4f} "
           "(a random VAE's causal history reaches far back; nothing exact after the cut)")
