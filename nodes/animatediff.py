@@ -7,7 +7,7 @@ from ..models import loader
 from ..models.animatediff.motion import MotionSet
 from ..models.common.errors import VideoForgeError
 from ..models.sampling.discrete import BETA_SCHEDULES
-from .bridge import CATEGORY, files, resolve
+from .bridge import CATEGORY, auto_dtype, files, resolve
 from .loaders import DTYPES
 
 
@@ -30,7 +30,7 @@ class LoadCheckpoint:
         }}
 
     def load(self, ckpt_name: str, dtype: str):
-        return loader.load_checkpoint(resolve("checkpoints", ckpt_name), dtype)
+        return loader.load_checkpoint(resolve("checkpoints", ckpt_name), dtype, auto_dtype("vae", "auto"))
 
 
 class ApplyMotionModule:

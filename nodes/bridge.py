@@ -3,7 +3,9 @@ and turning our errors into messages the UI shows."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import weakref
 from typing import Iterator
 
 import comfy.model_management as mm
@@ -28,6 +30,76 @@ def device():
 
 def offload_device():
     return mm.unet_offload_device()
+
+
+# Where ComfyUI's model management runs each kind of network, and where it parks it:
+# (load device, offload device). Text encoders and CLIP vision go where ComfyUI puts its own
+# text encoders (e.g. the CPU under --lowvram), VAEs where it puts its VAEs.
+ROLES = {
+    "model": (mm.get_torch_device, mm.unet_offload_device),
+    "vae": (mm.vae_device, mm.vae_offload_device),
+    "text_encoder": (mm.text_encoder_device, mm.text_encoder_offload_device),
+    "clip_vision": (mm.text_encoder_device, mm.text_encoder_offload_device),
+}
+
+
+def role_device(role: str) -> torch.device:
+    return ROLES[role][0]()
+
+
+def auto_dtype(role: str, dtype: str) -> str:
+    """The dtype widget's value for a loader: "auto" follows the device the part will run on
+    as ComfyUI decides it (fp32 where that is the CPU, e.g. --cpu on a CUDA machine; the
+    part's own GPU choice otherwise)."""
+    return "fp32" if dtype == "auto" and role_device(role).type == "cpu" else dtype
+
+
+class _Held(torch.nn.Module):
+    """What ComfyUI's ModelPatcher holds for one of our networks. The patcher writes `device`
+    and its bookkeeping onto its model, which a transformers model (read-only `device`) refuses,
+    so it gets this container; the network is its only child."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+
+def _patcher(net: torch.nn.Module, role: str):
+    """The one ModelPatcher of a network: a motion-module copy of a model or a second node using
+    the same VAE shares it, so ComfyUI counts the weights once. The network keeps only a weak
+    reference to it (the parts that use it hold it): a reference cycle would keep the weights
+    alive after `POST /free` until Python's next cycle collection, which ComfyUI warns about."""
+    import comfy.model_patcher
+    load, offload = (f() for f in ROLES[role])
+    ref = net.__dict__.get("_vf_patcher")
+    p = ref() if ref is not None else None
+    if p is None or p.load_device != load:
+        cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+        held = type(f"VF{type(net).__name__}", (_Held,), {})(net)  # ComfyUI logs this name
+        p = cls(held, load_device=load, offload_device=offload)
+        net.__dict__["_vf_patcher"] = weakref.ref(p)
+    return p
+
+
+def use(*parts, memory_required: float = 0) -> torch.device:
+    """Load `parts` (diffusion model, VAE, text encoder, CLIP vision: each states `networks`
+    and `ROLE`) through ComfyUI's model management: it makes room (evicting other models, ours
+    or native, as needed; --lowvram / --novram / --reserve-vram apply), keeps them resident
+    between prompts while they fit, and unloads them on Unload Models / `POST /free`.
+    `memory_required`: the work's own memory on top of the weights (the pre-check's estimate).
+    Each part is then told where it runs (and so which dtype it computes in); returns the
+    first part's device."""
+    parts = [p for p in parts if p is not None]
+    patchers = [[_patcher(n, p.ROLE) for n in p.networks] for p in parts]
+    for part, ps in zip(parts, patchers):
+        part.__dict__["_vf_patchers"] = ps  # alive as long as the part (ComfyUI holds weak refs)
+    # Whole networks only: partial loading (weights cast onto the device at use) needs every
+    # parameter of a family's network to be cast on use, which is not done yet.
+    mm.load_models_gpu([x for ps in patchers for x in ps], memory_required=memory_required,
+                       force_full_load=True)
+    for part, ps in zip(parts, patchers):
+        part.to(ps[0].load_device)
+    return patchers[0][0].load_device if patchers else device()
 
 
 def free_bytes(dev: torch.device | None = None) -> int:
@@ -85,6 +157,7 @@ def resolve(folder: str, name: str) -> str:
     if path is None:
         raise VideoForgeError(f"{name!r} not found in ComfyUI's models/{folder} folder(s): "
                               f"{folder_paths.get_folder_paths(folder)}.")
+    logging.info("[VideoForge] reading %s/%s", folder, name)
     return path
 
 

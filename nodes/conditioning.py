@@ -1,7 +1,7 @@
 """Encode Prompt."""
 from __future__ import annotations
 
-from .bridge import CATEGORY, device, free_memory, offload_device
+from .bridge import CATEGORY, use
 
 
 class EncodePrompt:
@@ -21,12 +21,9 @@ class EncodePrompt:
         }}
 
     def encode(self, text_encoder, positive: str, negative: str):
-        try:
-            pos = text_encoder.encode([positive], device=device())
-            neg = text_encoder.encode([negative], device=device())
-        finally:
-            text_encoder.to(offload_device())
-            free_memory()
+        dev = use(text_encoder)
+        pos = text_encoder.encode([positive], device=dev)
+        neg = text_encoder.encode([negative], device=dev)
         return ({"family": text_encoder.family, "positive": pos, "negative": neg},)
 
 

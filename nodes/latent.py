@@ -7,7 +7,7 @@ from ..models.common.errors import VideoForgeError
 from ..models.common.family import check_same_family
 from ..models.common.memory import Estimate, describe_latent, sampling_estimate, tensor_bytes
 from ..models.common.video import FIT_MODES, fit_image
-from .bridge import CATEGORY, Progress, check_memory, device, free_memory, offload_device, oom_guard
+from .bridge import CATEGORY, Progress, check_memory, device, offload_device, oom_guard, use
 from .vae import check_vae_memory, tile_plan
 
 
@@ -89,18 +89,10 @@ class ImageToVideoLatent:
         est = check_vae_memory(f"Image To Video Latent ({width}x{height}, {frames} frames)", vae,
                                plan, frames, height, width, pixel_copies=3)
         with oom_guard(est.what, est.advice):
-            vae.to(device())
-            if clip_vision is not None:
-                clip_vision.to(device())
-            try:
-                bar = Progress(1)
-                cond = model.image_condition(vae, clip_vision, start, end, frames, plan,
-                                             callback=lambda d, n: bar(d, n))
-            finally:
-                vae.to(offload_device())
-                if clip_vision is not None:
-                    clip_vision.to(offload_device())
-                free_memory()
+            use(vae, clip_vision, memory_required=est.total - est.parts["weights"])
+            bar = Progress(1)
+            cond = model.image_condition(vae, clip_vision, start, end, frames, plan,
+                                         callback=lambda d, n: bar(d, n))
         return ({"samples": samples, "vf_family": model.family, "vf_cond": cond},)
 
 
@@ -162,14 +154,10 @@ class ControlVideoLatent:
         ref = None if reference_image is None else fit_image(reference_image[:1], width, height,
                                                              resize, "reference_image")
         with oom_guard(est.what, est.advice):
-            vae.to(device())
-            try:
-                bar = Progress(1)
-                cond = model.control_condition(vae, control, ref, plan,
-                                               callback=lambda d, n: bar(d, n))
-            finally:
-                vae.to(offload_device())
-                free_memory()
+            use(vae, memory_required=est.total - est.parts["weights"])
+            bar = Progress(1)
+            cond = model.control_condition(vae, control, ref, plan,
+                                           callback=lambda d, n: bar(d, n))
         return ({"samples": samples, "vf_family": model.family, "vf_cond": cond},)
 
 

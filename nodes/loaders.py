@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..models import loader
 from ..models.common.attention import BACKENDS
-from .bridge import CATEGORY, files, resolve
+from .bridge import CATEGORY, auto_dtype, files, resolve
 
 DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
 
@@ -48,7 +48,7 @@ class LoadVideoVAE:
         }}
 
     def load(self, vae_name: str, dtype: str):
-        return (loader.load_video_vae(resolve("vae", vae_name), dtype),)
+        return (loader.load_video_vae(resolve("vae", vae_name), auto_dtype("vae", dtype)),)
 
 
 class LoadTextEncoder:
@@ -69,7 +69,8 @@ class LoadTextEncoder:
         }}
 
     def load(self, text_encoder_name: str, dtype: str):
-        return (loader.load_text_encoder(resolve("text_encoders", text_encoder_name), dtype),)
+        return (loader.load_text_encoder(resolve("text_encoders", text_encoder_name),
+                                         auto_dtype("text_encoder", dtype)),)
 
 
 class LoadClipVision:
@@ -91,7 +92,8 @@ class LoadClipVision:
         }}
 
     def load(self, clip_name: str, dtype: str):
-        return (loader.load_clip_vision(resolve("clip_vision", clip_name), dtype),)
+        return (loader.load_clip_vision(resolve("clip_vision", clip_name),
+                                        auto_dtype("clip_vision", dtype)),)
 
 
 NODES = {"VFLoadVideoModel": LoadVideoModel, "VFLoadVideoVAE": LoadVideoVAE,

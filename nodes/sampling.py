@@ -8,7 +8,7 @@ from ..models.common.memory import sampling_estimate
 from ..models.common.video import check_finite
 from ..models.sampling import SOLVERS
 from ..models.sampling.video import generate
-from .bridge import CATEGORY, Progress, check_memory, device, free_memory, offload_device, oom_guard
+from .bridge import CATEGORY, Progress, check_memory, device, offload_device, oom_guard, use
 
 
 class SampleVideo:
@@ -60,16 +60,11 @@ class SampleVideo:
         check_memory(est, dev)
         bar = Progress(steps)
         with oom_guard(est.what, est.advice):
-            model.to(dev)
-            try:
-                out = generate(model, samples, conditioning["positive"],
-                               conditioning["negative"], seed=seed, steps=steps, cfg=cfg,
-                               solver=sampler, shift=shift, denoise=denoise,
-                               extra=latent.get("vf_cond"), context=context_options,
-                               karras=karras, callback=lambda i, n, *_: bar(i + 1, n))
-            finally:
-                model.to(offload_device())
-                free_memory()
+            use(model, memory_required=est.total - est.parts["weights"])
+            out = generate(model, samples, conditioning["positive"], conditioning["negative"],
+                           seed=seed, steps=steps, cfg=cfg, solver=sampler, shift=shift,
+                           denoise=denoise, extra=latent.get("vf_cond"), context=context_options,
+                           karras=karras, callback=lambda i, n, *_: bar(i + 1, n))
         check_finite(out, "Sample Video: the sampled latent")
         return ({**latent, "samples": out.to(offload_device())},)
 

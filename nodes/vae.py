@@ -7,8 +7,8 @@ from ..models.common.family import check_same_family
 from ..models.common.memory import describe_latent, vae_estimate
 from ..models.common.tiling import TilePlan, auto_plan
 from ..models.common.video import check_finite, to_image_batch, to_video
-from .bridge import (CATEGORY, Progress, check_memory, device, free_bytes, free_memory,
-                     offload_device, oom_guard)
+from .bridge import (CATEGORY, Progress, check_memory, free_bytes, offload_device, oom_guard,
+                     role_device, use)
 
 # Share of the free memory a decode may plan to use (weights are already loaded; the output
 # video and allocator slack need the rest).
@@ -37,8 +37,9 @@ def check_vae_memory(what: str, vae, plan: TilePlan, frames: int, height: int, w
                      pixel_copies: float):
     """Refuse a VAE pass that cannot fit (see models/common/memory.vae_estimate); returns the
     estimate (its `what` / `advice` serve the out-of-memory guard too)."""
-    est = vae_estimate(what, vae, plan, frames, height, width, device(), pixel_copies, TILING_ADVICE)
-    check_memory(est, device())
+    dev = role_device("vae")
+    est = vae_estimate(what, vae, plan, frames, height, width, dev, pixel_copies, TILING_ADVICE)
+    check_memory(est, dev)
     return est
 
 
@@ -47,7 +48,7 @@ def tile_plan(vae, height: int, width: int, frames: int, auto: bool, tile_size: 
     """The node widgets -> a validated TilePlan (auto: sized to the free memory)."""
     if auto:
         plan = auto_plan(vae.latent, height, width, frames, vae.bytes_per_pixel,
-                         BUDGET_SHARE * free_bytes(), vae.streams_time)
+                         BUDGET_SHARE * free_bytes(role_device("vae")), vae.streams_time)
     else:
         plan = TilePlan(tile_size, overlap, temporal_size, temporal_overlap)
     plan.validate(vae.latent)
@@ -82,16 +83,12 @@ class DecodeVideo:
         est = check_vae_memory(f"Decode Video ({describe_latent(fmt, tuple(samples.shape))})",
                                vae, plan, b * f, height, width, pixel_copies=3)
         with oom_guard(est.what, est.advice):
-            vae.to(device())
-            try:
-                bar, frames = Progress(1), []
-                for i in range(b):
-                    video = vae.decode(samples[i:i + 1], plan=plan,
-                                       callback=lambda d, n, i=i: bar(i * n + d, b * n))
-                    frames.append(video.to(offload_device()))
-            finally:
-                vae.to(offload_device())
-                free_memory()
+            use(vae, memory_required=est.total - est.parts["weights"])
+            bar, frames = Progress(1), []
+            for i in range(b):
+                video = vae.decode(samples[i:i + 1], plan=plan,
+                                   callback=lambda d, n, i=i: bar(i * n + d, b * n))
+                frames.append(video.to(offload_device()))
             images = to_image_batch(frames)
         del frames
         check_finite(images, "Decode Video: the decoded video (a VAE overflow: pick bf16 or fp32 "
@@ -121,13 +118,9 @@ class EncodeVideo:
         est = check_vae_memory(f"Encode Video ({w}x{h}, {f} frames)", vae, plan, f, h, w,
                                pixel_copies=1)
         with oom_guard(est.what, est.advice):
-            vae.to(device())
-            try:
-                bar = Progress(1)
-                lat = vae.encode(video, plan=plan, callback=lambda d, n: bar(d, n))
-            finally:
-                vae.to(offload_device())
-                free_memory()
+            use(vae, memory_required=est.total - est.parts["weights"])
+            bar = Progress(1)
+            lat = vae.encode(video, plan=plan, callback=lambda d, n: bar(d, n))
         return ({"samples": lat.to(offload_device(), torch.float32), "vf_family": vae.family},)
 
 

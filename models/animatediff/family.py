@@ -103,6 +103,10 @@ class SDVideoModel(NodeModel):
         model.compute_dtype, model.device = self.compute_dtype, self.device
         return model
 
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.unet] + ([self.motion.model] if self.motion is not None else [])
+
     def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "SDVideoModel":
         super().to(device, compute_dtype)
         if self.motion is not None:

@@ -314,6 +314,12 @@ class SDTextEncoder:
 
     family = FAMILY
 
+    ROLE = "text_encoder"
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def __init__(self, model: Any, tokenizer: Any, name: str = "clip_l", clip_skip: int = 1,
                  root: str = "") -> None:
         self.model = model

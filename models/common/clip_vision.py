@@ -323,6 +323,12 @@ class ClipVisionEncoder(nn.Module):
 
     family = "clip_vision"
 
+    ROLE = "clip_vision"
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        return [self.model]
+
     def __init__(self, model: nn.Module, config, name: str = "clip_vision",
                  projection: torch.Tensor | None = None, layout: str = "transformers", crop: str = "none"):
         super().__init__()

@@ -102,11 +102,18 @@ class NodeModel:
     TITLE: str            # "Wan2.1": what the model is called in messages
     TEXT_ENCODER: str     # "the Wan UMT5 text encoder": what to load instead of a wrong one
 
+    ROLE = "model"   # which of ComfyUI's device / offload pairs it runs on (nodes/bridge.py)
+
     def __init__(self, net: torch.nn.Module, name: str = "") -> None:
         self.net = net.eval().requires_grad_(False)
         self.name = name
         self.compute_dtype = torch.float32
         self.device = torch.device("cpu")
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks a memory manager loads and unloads for this model."""
+        return [self.net]
 
     @property
     def text_width(self) -> int:
@@ -173,11 +180,17 @@ class NodeVAE:
     BYTES_PER_PIXEL: float
     REF_WIDTH: int
 
+    ROLE = "vae"
+
     def __init__(self, vae: torch.nn.Module, name: str = "") -> None:
         self.vae = vae.eval().requires_grad_(False)
         self.name = name
         self.device = torch.device("cpu")
         self.dtype = next(vae.parameters()).dtype
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.vae]
 
     @property
     def width(self) -> int:

@@ -414,6 +414,12 @@ class EasyAnimateTextEncoder:
 
     family = FAMILY
 
+    ROLE = "text_encoder"
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def __init__(self, model: Any, tokenizer: Any, name: str = "qwen2_vl", num_layers: int | None = None,
                  max_length: int = MAX_LENGTH, pad_positions: str = "index") -> None:
         if pad_positions not in PAD_POSITIONS:

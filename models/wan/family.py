@@ -142,6 +142,11 @@ class WanVideoVAE(NodeVAE):
 class WanTextEncoder:
     """UMT5-XXL; `encode` returns conditioning for the Wan DiT: context [B, 512, 4096]."""
     family = FAMILY
+    ROLE = "text_encoder"
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.te]
 
     def __init__(self, te: Any, name: str = "") -> None:
         self.te = te
