@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .common.checkpoint import load_state_dict, strip_prefix
+from .common.checkpoint import load_state_dict
 from .common.errors import VideoForgeError
 from .common.ops import parse_dtype
-from .wan import convert as wan_convert
-from .animatediff import family as sd
-from .wan import family as wan
+from .common.registry import Kind, builder, kinds
 
 # part -> node that loads it, for error messages.
 LOADER_OF = {"model": "Load Video Model", "vae": "Load Video VAE",
@@ -27,54 +24,6 @@ LOADER_OF = {"model": "Load Video Model", "vae": "Load Video VAE",
              "motion_lora": "Load Motion LoRA (models/animatediff_motion_lora)"}
 # A single-file checkpoint holds several parts; each part loader takes its part from it.
 PARTS_OF = {"checkpoint": ("model", "vae", "text_encoder")}
-
-
-def _is_wan_vae(sd: dict) -> bool:
-    from .wan.vae import is_wan_vae
-    return is_wan_vae(strip_prefix(sd, ("first_stage_model.", "vae.")))
-
-
-def _is_umt5(sd: dict) -> bool:
-    from .wan.text_encoder import detect_text_encoder
-    return detect_text_encoder(sd) is not None
-
-
-def _is_sd_vae(sd: dict) -> bool:
-    from .animatediff.vae import is_sd_vae
-    return is_sd_vae(strip_prefix(sd, ("first_stage_model.", "vae.")))
-
-
-def _is_clip_l(sd: dict) -> bool:
-    from .animatediff.text_encoder import detect_clip_l
-    return detect_clip_l(sd) is not None
-
-
-def _is_motion_lora(sd: dict) -> bool:
-    return any(k.endswith("_lora.down.weight") and ".motion_modules." in k for k in sd)
-
-
-def _is_motion_module(sd: dict) -> bool:
-    return any(".motion_modules." in k for k in sd) or any("temporal_attentions." in k for k in sd)
-
-
-def _is_clip_vision(sd: dict) -> bool:
-    from .common.clip_vision import detect_clip_vision
-    return detect_clip_vision(sd) is not None
-
-
-def _is_easyanimate_dit(sd: dict) -> bool:
-    from .easyanimate.convert import is_easyanimate_dit
-    return is_easyanimate_dit(sd)
-
-
-def _is_easyanimate_vae(sd: dict) -> bool:
-    from .easyanimate.vae import is_easyanimate_vae
-    return is_easyanimate_vae(strip_prefix(sd, ("first_stage_model.", "vae.")))
-
-
-def _is_qwen2vl(sd: dict) -> bool:
-    from .easyanimate.text_encoder import detect_qwen2vl
-    return detect_qwen2vl(sd) is not None
 
 
 # File names that say nothing on their own (diffusers / transformers folders): messages show the
@@ -90,35 +39,9 @@ def display_name(path: str) -> str:
     return parts[-1]
 
 
-@dataclass(frozen=True)
-class Kind:
-    desc: str      # "a Wan2.1 VAE", for messages
-    part: str      # model / vae / text_encoder / clip_vision / checkpoint / motion_module / ...
-    family: str    # which family's builders load it
-    test: Callable[[dict], bool]
-
-
-# In order; the first match names the file.
-_KINDS: list[Kind] = [
-    Kind("a Wan2.1 diffusion model", "model", "wan",
-         lambda sd: wan_convert.is_wan_dit(wan_convert.normalize_dit_keys(sd))),
-    Kind("a Wan2.1 VAE", "vae", "wan", _is_wan_vae),
-    Kind("a UMT5 text encoder (Wan2.1)", "text_encoder", "wan", _is_umt5),
-    Kind("a CLIP vision encoder", "clip_vision", "common", _is_clip_vision),
-    Kind("a Stable Diffusion 1.5 checkpoint", "checkpoint", "sd15", sd.is_sd_checkpoint),
-    Kind("an AnimateDiff MotionLoRA", "motion_lora", "sd15", _is_motion_lora),
-    Kind("an AnimateDiff motion module", "motion_module", "sd15", _is_motion_module),
-    Kind("a Stable Diffusion UNet", "model", "sd15", sd.is_sd_unet_file),
-    Kind("a Stable Diffusion VAE", "vae", "sd15", _is_sd_vae),
-    Kind("a CLIP-L text encoder (Stable Diffusion 1.5)", "text_encoder", "sd15", _is_clip_l),
-    Kind("an EasyAnimate V5.1 transformer", "model", "easyanimate", _is_easyanimate_dit),
-    Kind("an EasyAnimate MagVIT VAE", "vae", "easyanimate", _is_easyanimate_vae),
-    Kind("a Qwen2-VL text encoder (EasyAnimate V5.1)", "text_encoder", "easyanimate", _is_qwen2vl),
-]
-
-
 def _kind(sd: dict[str, torch.Tensor]) -> Kind | None:
-    for kind in _KINDS:
+    """The first registered kind (models/common/registry.py) the state dict matches."""
+    for kind in kinds():
         try:
             if kind.test(sd):
                 return kind
@@ -147,39 +70,23 @@ def _read(path: str, part: str) -> tuple[dict[str, torch.Tensor], Kind]:
     return sd, kind
 
 
+def _build(path: str, part: str, dtype: torch.dtype | None) -> Any:
+    """Read `path`, check it holds `part`, and build that part with its family's builder."""
+    state, kind = _read(path, part)
+    return builder(kind.family, part)(state, display_name(path), dtype, path)
+
+
 def load_video_model(path: str, dtype: str = "auto", attention: str = "auto") -> Any:
     """Diffusion model file -> family model (weights on CPU, stored in `dtype`)."""
-    state, kind = _read(path, "model")
-    name, storage = display_name(path), parse_dtype(dtype)
-    if kind.family == "sd15":
-        return sd.build_unet(state, name, storage)
-    if kind.family == "easyanimate":
-        from .easyanimate.family import build_model
-        model = build_model(state, name, storage)
-        model.dit.set_attention(attention)
-        return model
-    model = wan.build_dit(state, name, storage)
-    model.dit.set_attention(attention)
+    model = _build(path, "model", parse_dtype(dtype))
+    set_attention = getattr(model.net, "set_attention", None)
+    if set_attention is not None:  # the SD UNet has no backend choice yet (DESIGN §8.7)
+        set_attention(attention)
     return model
 
 
 def load_video_vae(path: str, dtype: str = "auto") -> Any:
-    from .wan.vae import WanVAE
-    state, kind = _read(path, "vae")
-    dt = _vae_dtype(dtype)
-    name = display_name(path)
-    if kind.family == "sd15":
-        from .animatediff.vae import load_sd_vae
-        return load_sd_vae(state, name, dt)
-    if kind.family == "easyanimate":
-        from .easyanimate.vae import load_easyanimate_vae
-        return load_easyanimate_vae(state, name, dt)
-    state = strip_prefix(state, ("first_stage_model.", "vae."))
-    try:
-        vae = WanVAE.from_state_dict(state, dtype=dt)
-    except VideoForgeError as e:
-        raise VideoForgeError(f"{name}: {e}") from e
-    return wan.WanVideoVAE(vae, name)
+    return _build(path, "vae", _vae_dtype(dtype))
 
 
 def _vae_dtype(dtype: str) -> torch.dtype:
@@ -193,48 +100,31 @@ def _vae_dtype(dtype: str) -> torch.dtype:
 
 
 def load_text_encoder(path: str, dtype: str = "auto") -> Any:
-    from .wan.text_encoder import load_text_encoder as load_umt5
-    state, kind = _read(path, "text_encoder")
-    name = display_name(path)
-    if kind.family == "sd15":
-        from .animatediff.text_encoder import load_sd_text_encoder
-        return load_sd_text_encoder(state, name, parse_dtype(dtype))
-    if kind.family == "easyanimate":
-        from .easyanimate.text_encoder import load_easyanimate_text_encoder
-        return load_easyanimate_text_encoder(state, name, parse_dtype(dtype), path=path)
-    return wan.WanTextEncoder(load_umt5(path, dtype=parse_dtype(dtype), state_dict=state), name)
+    return _build(path, "text_encoder", parse_dtype(dtype))
 
 
 def load_checkpoint(path: str, dtype: str = "auto", vae_dtype: str = "auto") -> tuple[Any, Any, Any]:
-    """SD1.5 single-file checkpoint -> (model, text encoder, VAE), reading the file once."""
-    from .animatediff.text_encoder import load_sd_text_encoder
-    from .animatediff.vae import load_sd_vae
-    state, _ = _read(path, "checkpoint")
-    name = display_name(path)
-    return (sd.build_unet(state, name, parse_dtype(dtype)),
-            load_sd_text_encoder(state, name, parse_dtype(dtype)),
-            load_sd_vae(state, name, _vae_dtype(vae_dtype)))
+    """Single-file checkpoint (SD1.5) -> (model, text encoder, VAE), reading the file once."""
+    state, kind = _read(path, "checkpoint")
+    name, dt = display_name(path), parse_dtype(dtype)
+    return (builder(kind.family, "model")(state, name, dt, path),
+            builder(kind.family, "text_encoder")(state, name, dt, path),
+            builder(kind.family, "vae")(state, name, _vae_dtype(vae_dtype), path))
 
 
 def load_motion_module(path: str, dtype: str = "auto") -> Any:
     """AnimateDiff motion module file (official or diffusers layout) -> `MotionModel`."""
-    from .animatediff.motion import build_motion_model
-    state, _ = _read(path, "motion_module")
-    return build_motion_model(state, display_name(path), parse_dtype(dtype))
+    return _build(path, "motion_module", parse_dtype(dtype))
 
 
 def load_motion_lora(path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from .animatediff.motion import parse_motion_lora
-    state, _ = _read(path, "motion_lora")
-    return parse_motion_lora(state, display_name(path))
+    return _build(path, "motion_lora", None)
 
 
 def load_clip_vision(path: str, dtype: str = "auto"):
     """CLIP vision file (ComfyUI clip_vision_h.safetensors, official Wan open-clip .pth) ->
     `ClipVisionEncoder` (image features for image-to-video)."""
-    from .common.clip_vision import load_clip_vision as load_clip
-    state, _ = _read(path, "clip_vision")
     dt = parse_dtype(dtype)
     if dt == torch.float8_e4m3fn:
         raise VideoForgeError("fp8 storage is not offered for CLIP vision; choose auto, bf16, fp16 or fp32.")
-    return load_clip(state, dtype=dt, name=display_name(path))
+    return _build(path, "clip_vision", dt)
