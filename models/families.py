@@ -1,6 +1,8 @@
-"""The built-in families, in the order their files are tried (first match names a file).
-A new family adds its package here; everything it loads is declared in its `__init__.py`."""
-from . import wan  # noqa: F401
+"""The built-in families and the order their files are tried in (the first match names a
+file: e.g. a Wan DiT is recognised before anything that would also match its keys). A new
+family adds its package import and its name here; everything it loads is declared in its own
+`__init__.py` (`models/common/registry.register`)."""
+from . import animatediff, easyanimate, wan  # noqa: F401  (each registers itself on import)
 from .common import clip_vision_family  # noqa: F401
-from . import animatediff  # noqa: F401
-from . import easyanimate  # noqa: F401
+
+ORDER = ("wan", "common", "sd15", "easyanimate")

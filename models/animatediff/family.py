@@ -107,8 +107,8 @@ class SDVideoModel(NodeModel):
     def networks(self) -> list[torch.nn.Module]:
         return [self.unet] + ([self.motion.model] if self.motion is not None else [])
 
-    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "SDVideoModel":
-        super().to(device, compute_dtype)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SDVideoModel":
+        super().to(device, dtype)
         if self.motion is not None:
             self.motion.to(self.device)
         return self

@@ -74,6 +74,10 @@ class VideoModel(Protocol):
         (float32, 0..999) -> the raw eps / v output like x; see models/sampling/discrete.py."""
         ...
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoModel":
+        """Run on `device`, computing in `dtype` (default: the weights' choice there)."""
+        ...
+
 
 class VideoVAE(Protocol):
     family: str
@@ -82,12 +86,16 @@ class VideoVAE(Protocol):
     def encode(self, video: torch.Tensor) -> torch.Tensor: ...
     def decode(self, latent: torch.Tensor, callback: Callable[[int, int], None] | None = None
                ) -> torch.Tensor: ...
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoVAE": ...
 
 
 class TextEncoder(Protocol):
     family: str
 
-    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]: ...
+    def encode(self, prompts: list[str], device: torch.device | str | None = None
+               ) -> dict[str, torch.Tensor]: ...
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+           ) -> "TextEncoder": ...
 
 
 class NodeModel:
@@ -119,11 +127,13 @@ class NodeModel:
     def text_width(self) -> int:
         raise NotImplementedError
 
-    def to(self, device: torch.device | str, compute_dtype: torch.dtype | None = None) -> "NodeModel":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "NodeModel":
+        """Run on `device`, computing in `dtype` (default: what the stored weights compute in
+        there, `ops.compute_dtype_for`); the weights keep their storage dtype."""
         from .ops import compute_dtype_for, storage_dtype_of
         self.device = torch.device(device)
         storage = storage_dtype_of(dict(self.net.named_parameters()))
-        self.compute_dtype = compute_dtype or compute_dtype_for(storage, self.device)
+        self.compute_dtype = dtype or compute_dtype_for(storage, self.device)
         self.net.to(self.device)
         return self
 
@@ -204,9 +214,12 @@ class NodeVAE:
         scale = self.FIXED_SHARE + (1 - self.FIXED_SHARE) * self.width / self.REF_WIDTH
         return self.BYTES_PER_PIXEL * scale * size
 
-    def to(self, device: torch.device | str) -> "NodeVAE":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "NodeVAE":
+        """Run on `device`; `dtype` also casts the weights (the VAE computes in its weights' dtype)."""
         self.device = torch.device(device)
-        self.vae.to(self.device)
+        self.vae.to(self.device, dtype)
+        if dtype is not None:
+            self.dtype = dtype
         return self
 
     @torch.inference_mode()

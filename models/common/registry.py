@@ -43,9 +43,11 @@ def register(family: Family) -> Family:
 
 
 def families() -> list[Family]:
-    """Every registered family, in registration order (importing the built-in ones first)."""
-    from .. import families as _builtin  # noqa: F401  (registers wan, clip vision, sd15, easyanimate)
-    return list(_FAMILIES)
+    """Every registered family: the built-in ones in `models.families.ORDER` (whatever order
+    their packages happened to be imported in), then any others in registration order."""
+    from ..families import ORDER  # importing it registers the built-in families
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(_FAMILIES, key=lambda f: rank.get(f.name, len(rank)))
 
 
 def kinds() -> list[Kind]:

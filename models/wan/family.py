@@ -158,6 +158,12 @@ class WanTextEncoder:
         ctx, lens = self.te.encode(prompts, device=device)
         return {"family": FAMILY, "context": ctx.float().cpu(), "lengths": lens.cpu()}
 
-    def to(self, device: torch.device | str) -> "WanTextEncoder":
-        self.te.to(device)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+           ) -> "WanTextEncoder":
+        """Move to `device`; `dtype` casts the weights and becomes the compute dtype."""
+        if device is not None:
+            self.te.to(device)
+        if dtype is not None:
+            self.te.to(dtype)
+            self.te.compute_dtype = dtype
         return self
