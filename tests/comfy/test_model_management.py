@@ -73,10 +73,16 @@ def run(server: ComfyServer, api: dict) -> None:
 
 
 def free(server: ComfyServer) -> None:
-    req = urllib.request.Request(server.url + "/free", method="POST",
-                                 data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).read()
+    """POST /free twice, a second apart. ComfyUI's worker handles the flags when its queue
+    wakes it; a request that lands while the worker is still busy after a prompt loses that
+    wake-up and waits for the next prompt. The second request finds the worker waiting."""
+    for i in range(2):
+        req = urllib.request.Request(server.url + "/free", method="POST",
+                                     data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).read()
+        if i == 0:
+            time.sleep(1)
 
 
 def settle(server: ComfyServer, below: float, seconds: float = 30) -> float:
