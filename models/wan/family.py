@@ -10,7 +10,6 @@ from ..common.errors import VideoForgeError
 from ..common.family import NodeModel, NodeVAE
 from ..common.tiling import TilePlan
 from ..common.ops import load_weights
-from ..common.rope import rope_table
 from .convert import is_wan_dit, normalize_dit_keys
 from .model import WanConfig, WanModel
 from .vae import LATENT_FORMAT
@@ -115,9 +114,8 @@ def build_dit(sd: dict[str, torch.Tensor], name: str, storage: torch.dtype | Non
     with torch.device("meta"):
         dit = WanModel(cfg)
     # Built on "meta" so a 14B model never allocates a throw-away fp32 copy; weights are then
-    # taken over from the (memory-mapped) file, and the rope table, not stored, is rebuilt.
+    # taken over from the (memory-mapped) file (the rotary angles are computed per forward).
     dit = dit.to_empty(device="cpu")
-    dit.freqs = rope_table(cfg.dim // cfg.num_heads)
     load_weights(dit, sd, name, storage=storage)
     return WanVideoModel(dit, name)
 

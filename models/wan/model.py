@@ -17,7 +17,7 @@ from ..common import ops
 from ..common.attention import attention
 from ..common.errors import VideoForgeError
 from ..common.norms import FP32LayerNorm, RMSNorm
-from ..common.rope import apply_rope, grid_freqs, rope_table
+from ..common.rope import apply_rope, axes_split, nd_rope_complex
 
 HEAD_DIM = 128  # every released Wan2.1 model uses 128-dim heads (1.3B: 12 heads, 14B: 40)
 
@@ -190,7 +190,6 @@ class WanModel(nn.Module):
         self.head = Head(cfg)
         if cfg.image_dim is not None:
             self.img_emb = ImageEmbedding(cfg.image_dim, d, cfg.image_pos_len)
-        self.register_buffer("freqs", rope_table(d // cfg.num_heads), persistent=False)
 
     def set_attention(self, backend: str) -> None:
         for m in self.modules():
@@ -239,7 +238,10 @@ class WanModel(nn.Module):
         pt, ph, pw = self.cfg.patch
         grid = (f // pt, h // ph, w // pw)
         x = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()   # [B, L, C]
-        freqs = grid_freqs(self.freqs, grid, self.cfg.dim // self.cfg.num_heads)
+        # Wan's rotation: the shared N-axis RoPE with its head split (44, 42, 42 of 128),
+        # theta 10000, in complex128 as the reference computes it.
+        head = self.cfg.dim // self.cfg.num_heads
+        freqs = nd_rope_complex(grid, axes_split(head), 10000.0, torch.float64, x.device)[:, None]
 
         wdt = x.dtype
         e = self.time_embedding(timestep_embedding(t, self.cfg.freq_dim).to(wdt)).float()

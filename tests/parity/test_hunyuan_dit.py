@@ -233,16 +233,33 @@ def test_key_mapping_round_trips():
     assert all(torch.equal(conv[k], diff[k]) for k in conv)
 
 
+def wan_reference_freqs(grid, d: int, max_len: int = 1024) -> torch.Tensor:
+    """Wan2.1's own rope (wan/modules/model.py `rope_params` + the per-axis expand of
+    `rope_apply`): float64 tables per axis split (d - 4*(d//6), 2*(d//6), 2*(d//6)), complex128."""
+    def params(dim):
+        ang = torch.outer(torch.arange(max_len, dtype=torch.float64),
+                          1.0 / torch.pow(10000.0, torch.arange(0, dim, 2, dtype=torch.float64).div(dim)))
+        return torch.polar(torch.ones_like(ang), ang)
+    f, h, w = grid
+    c = d // 2
+    ft, fh, fw = params(d - 4 * (d // 6)), params(2 * (d // 6)), params(2 * (d // 6))
+    assert ft.shape[1] + fh.shape[1] + fw.shape[1] == c
+    out = torch.cat([ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                     fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                     fw[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1)
+    return out.reshape(f * h * w, 1, -1)
+
+
 def test_general_rope_expresses_wan_and_hunyuan():
     from diffusers.models.embeddings import apply_rotary_emb
     from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
 
-    from models.common.rope import (apply_rope, apply_rope_interleaved, axes_split, grid_freqs,
-                                    nd_rope_complex, nd_rope_freqs, rope_table)
+    from models.common.rope import (apply_rope, apply_rope_interleaved, axes_split,
+                                    nd_rope_complex, nd_rope_freqs)
     g = torch.Generator().manual_seed(0)
     # Wan: complex128, split 44 / 42 / 42, theta 10000 (same float64 formula: ~1 ulp apart)
     grid = (5, 7, 9)
-    wan = grid_freqs(rope_table(128), grid, 128)
+    wan = wan_reference_freqs(grid, 128)
     nd = nd_rope_complex(grid, axes_split(128), 10000.0, torch.float64)
     assert (nd - wan[:, 0]).abs().max() < 1e-12
     x = torch.randn(2, 315, 3, 128, generator=g)

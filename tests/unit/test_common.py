@@ -11,7 +11,7 @@ from models.common.attention import attention
 from models.common.checkpoint import load_state_dict, strip_prefix
 from models.common.errors import VideoForgeError
 from models.common.family import LatentFormat, check_same_family
-from models.common.rope import apply_rope, axes_split, grid_freqs, rope_table
+from models.common.rope import apply_rope, axes_split, nd_rope_complex
 
 
 def test_safetensors_roundtrip_and_truncation(tmp_path):
@@ -94,8 +94,7 @@ def test_attention_matches_naive_and_mask():
 
 def test_rope_split_and_rotation_preserve_norm():
     assert axes_split(128) == (44, 42, 42)
-    table = rope_table(128)
-    f = grid_freqs(table, (2, 3, 4), 128)
+    f = nd_rope_complex((2, 3, 4), axes_split(128), 10000.0, torch.float64)[:, None]
     assert f.shape == (24, 1, 64)
     x = torch.randn(1, 24, 2, 128)
     y = apply_rope(x, f)
