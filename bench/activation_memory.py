@@ -53,6 +53,20 @@ def easyanimate(layers: int, dim: int = 3072, ffn: int = 12288):
     return model, {"context": torch.randn(1, 256, cfg.text_dim)}
 
 
+def hunyuan(double: int = 1, single: int = 1, hidden: int = 3072):
+    from models.hunyuan.family import build_model
+    from models.hunyuan.model import HunyuanConfig, HunyuanDiT
+    cfg = HunyuanConfig(double_depth=double, single_depth=single, hidden=hidden,
+                        mlp_dim=4 * hidden, refiner_mlp_dim=4 * hidden)
+    with torch.device("meta"):
+        net = HunyuanDiT(cfg)
+    model = build_model(random_weights(net), "bench", None)
+    mask = torch.zeros(1, 256, dtype=torch.long)
+    mask[:, :40] = 1   # a 40-token prompt in the 256 the text encoder returns
+    return model, {"context": torch.randn(1, 256, 4096), "mask": mask,
+                   "pooled": torch.randn(1, 768), "guidance": 6.0}
+
+
 def sd15(channels: int = 320):
     from models.animatediff.family import SDVideoModel
     from models.animatediff.unet import UNet, UNetConfig
@@ -68,18 +82,19 @@ SHAPES = {  # latent [B, C, T, H, W] at two sizes: tokens grow ~2x
     "wan14": [(1, 16, 3, 30, 52), (1, 16, 5, 30, 52)],
     "easyanimate": [(1, 16, 3, 30, 52), (1, 16, 5, 30, 52)],
     "sd15": [(1, 4, 4, 64, 64), (1, 4, 8, 64, 64)],
+    "hunyuan": [(1, 16, 3, 30, 52), (1, 16, 5, 30, 52)],
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", default="wan13,wan14,easyanimate,sd15")
+    ap.add_argument("--families", default="wan13,wan14,easyanimate,sd15,hunyuan")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     builders = {"wan13": lambda: wan(1536, 8960, 2), "wan14": lambda: wan(5120, 13824, 1),
-                "easyanimate": lambda: easyanimate(1), "sd15": sd15}
+                "easyanimate": lambda: easyanimate(1), "sd15": sd15, "hunyuan": hunyuan}
     for fam in args.families.split(","):
         model, cond = builders[fam]()
         rows = []

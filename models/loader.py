@@ -103,6 +103,22 @@ def load_text_encoder(path: str, dtype: str = "auto") -> Any:
     return _build(path, "text_encoder", parse_dtype(dtype))
 
 
+def load_text_encoders(path: str, path2: str, dtype: str = "auto") -> Any:
+    """A text encoder made of two files (HunyuanVideo: llava_llama3_* + clip_l), given in any
+    order: the family of either file that declares a "text_encoder_pair" builder builds it."""
+    (sd1, k1), (sd2, k2) = _read(path, "text_encoder"), _read(path2, "text_encoder")
+    for first, second in (((sd1, k1, path), (sd2, k2, path2)), ((sd2, k2, path2), (sd1, k1, path))):
+        try:
+            build = builder(first[1].family, "text_encoder_pair")
+        except KeyError:
+            continue
+        name = f"{display_name(first[2])} + {display_name(second[2])}"
+        return build(first[0], second[0], name, parse_dtype(dtype), (first[2], second[2]))
+    raise VideoForgeError(f"{display_name(path)} ({k1.desc}) and {display_name(path2)} ({k2.desc}) "
+                          "do not make a two-file text encoder; use Load Text Encoder for each "
+                          "alone (HunyuanVideo pairs llava_llama3_*.safetensors with clip_l.safetensors).")
+
+
 def load_checkpoint(path: str, dtype: str = "auto", vae_dtype: str = "auto") -> tuple[Any, Any, Any]:
     """Single-file checkpoint (SD1.5) -> (model, text encoder, VAE), reading the file once."""
     state, kind = _read(path, "checkpoint")

@@ -73,6 +73,31 @@ class LoadTextEncoder:
                                          auto_dtype("text_encoder", dtype)),)
 
 
+class LoadDualTextEncoder:
+    DISPLAY_NAME = "Load Text Encoders (LLM + CLIP)"
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("VF_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a text encoder made of two files from models/text_encoders, e.g. "
+                   "HunyuanVideo's llava_llama3_fp8_scaled.safetensors (or _fp16) with "
+                   "clip_l.safetensors. The order does not matter.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder_name": (files("text_encoders"), {"tooltip": "e.g. llava_llama3_fp8_scaled.safetensors"}),
+            "clip_name": (files("text_encoders"), {"tooltip": "e.g. clip_l.safetensors"}),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip":
+                      "auto: fp32 on CPU, the model's own choice on GPU (HunyuanVideo: fp16)."}),
+        }}
+
+    def load(self, text_encoder_name: str, clip_name: str, dtype: str):
+        return (loader.load_text_encoders(resolve("text_encoders", text_encoder_name),
+                                          resolve("text_encoders", clip_name),
+                                          auto_dtype("text_encoder", dtype)),)
+
+
 class LoadClipVision:
     DISPLAY_NAME = "Load CLIP Vision"
     CATEGORY = f"{CATEGORY}/loaders"
@@ -97,4 +122,5 @@ class LoadClipVision:
 
 
 NODES = {"VFLoadVideoModel": LoadVideoModel, "VFLoadVideoVAE": LoadVideoVAE,
-         "VFLoadTextEncoder": LoadTextEncoder, "VFLoadClipVision": LoadClipVision}
+         "VFLoadTextEncoder": LoadTextEncoder, "VFLoadDualTextEncoder": LoadDualTextEncoder,
+         "VFLoadClipVision": LoadClipVision}

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from bench.activation_memory import easyanimate, sd15, wan
+from bench.activation_memory import easyanimate, hunyuan, sd15, wan
 from models.common.errors import VideoForgeError
 from models.common.memory import (Estimate, check_fits, peak_rss_growth, sampling_estimate,
                                   vae_estimate)
@@ -39,7 +39,7 @@ def test_check_fits_says_estimate_free_and_what_to_change():
     check_fits(est, free=60 * 2 ** 30, where="the CPU (RAM)")  # fits: no error
 
 
-@pytest.mark.parametrize("family", ["wan", "easyanimate", "sd15"])
+@pytest.mark.parametrize("family", ["wan", "easyanimate", "sd15", "hunyuan"])
 def test_forward_estimate_covers_the_measured_peak(family):
     """One `denoise` at a few thousand tokens: the family's stated working memory covers the
     measured peak RSS growth and is not more than MAX_OVERESTIMATE times it. Widths are reduced
@@ -50,6 +50,9 @@ def test_forward_estimate_covers_the_measured_peak(family):
         shape = (1, 16, 5, 48, 64)          # 3840 tokens
     elif family == "easyanimate":
         model, cond = easyanimate(1, dim=512, ffn=2048)
+        shape = (1, 16, 5, 48, 64)
+    elif family == "hunyuan":
+        model, cond = hunyuan(1, 1, hidden=512)
         shape = (1, 16, 5, 48, 64)
     else:
         model, cond = sd15(channels=64)
