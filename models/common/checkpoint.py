@@ -89,6 +89,22 @@ def count_indexed(sd: dict[str, torch.Tensor], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def encoder_block_widths(sd: dict[str, torch.Tensor], layer: str, conv: str, name: str,
+                         what: str) -> tuple[tuple[int, ...], int]:
+    """(width of each `encoder.down_blocks.N`, layers per block) of a 3-D causal VAE in the
+    diffusers layout: block N's width is the output channels of its first layer's `conv`
+    (e.g. layer "resnets", conv "conv1.conv"); layers are counted in block 0. Raises naming
+    `name` / `what` when a block has no 3-D weight there."""
+    widths = []
+    for i in range(count_indexed(sd, "encoder.down_blocks.")):
+        w = sd.get(f"encoder.down_blocks.{i}.{layer}.0.{conv}.weight")
+        if w is None or w.dim() != 5:
+            raise VideoForgeError(f"{name}: {what} encoder block {i} has no 3-D "
+                                  f"{layer}.0.{conv} weight.")
+        widths.append(int(w.shape[0]))
+    return tuple(widths), count_indexed(sd, f"encoder.down_blocks.0.{layer}.")
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint on CPU.
 

@@ -81,6 +81,33 @@ class GroupNorm(nn.GroupNorm):
         return F.group_norm(x, self.num_groups, w, b, self.eps)
 
 
+COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
+_DTYPE_NAMES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+                "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_compute_dtype(dtype, where: str, what: str, default: torch.dtype) -> torch.dtype:
+    """A text encoder's compute dtype from a loader value: "auto" / None -> `default`; fp8
+    (a storage choice meant for the diffusion model) -> `default` too; else fp32 / fp16 / bf16
+    (names or torch dtypes). `where` (file) and `what` ("the Qwen2-VL text encoder") name it in
+    the error."""
+    if isinstance(dtype, str):
+        if dtype.startswith(("fp8", "float8")):
+            dtype = None
+        elif dtype not in _DTYPE_NAMES:
+            raise VideoForgeError(f"{where}: dtype {dtype!r} not supported for {what}; use "
+                                  "'auto', 'fp32', 'fp16' or 'bf16'.")
+        else:
+            dtype = _DTYPE_NAMES[dtype]
+    if dtype is None or dtype in FP8_DTYPES:
+        return default
+    if dtype not in COMPUTE_DTYPES:
+        raise VideoForgeError(f"{where}: compute dtype {dtype} not supported for {what}; use "
+                              "float32, float16 or bfloat16.")
+    return dtype
+
+
 def compute_dtype_for(storage: torch.dtype, device: torch.device) -> torch.dtype:
     """fp8 / half storage computes in bf16 on GPUs; on CPU everything computes in fp32
     (CPU half matmuls are slow; fp16 overflows in some models' activations, e.g. Wan)."""

@@ -93,7 +93,9 @@ from torch import nn
 from ..common.checkpoint import count_indexed, load_state_dict, shard_siblings
 from ..common.errors import VideoForgeError
 from ..common.shipped import is_bpe_tokenizer_dir, open_bpe_tokenizer, shipped_dir
-from ..common.ops import mismatch_report
+from ..common.ops import COMPUTE_DTYPES as _COMPUTE_DTYPES
+from ..common.ops import FP8_DTYPES as _FP8
+from ..common.ops import mismatch_report, parse_compute_dtype
 
 FAMILY = "easyanimate"
 MAX_LENGTH = 256
@@ -105,8 +107,6 @@ PAD_TOKEN = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 PAD_POSITIONS = ("index", "one")
 
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FP8 = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
 _KNOWN_ROOTS = ("model.", "model.language_model.", "language_model.model.", "language_model.", "")
 _LAYER = ("self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight",
           "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
@@ -294,24 +294,7 @@ def default_dtype() -> torch.dtype:
 
 
 def _parse_dtype(dtype, where: str) -> torch.dtype:
-    if isinstance(dtype, str):
-        names = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-        if dtype.startswith("fp8"):
-            dtype = None
-        elif dtype not in names:
-            raise VideoForgeError(f"{where}: dtype {dtype!r} not supported for the Qwen2-VL text encoder; use "
-                                  "'auto', 'fp32', 'bf16' or 'fp16'.")
-        else:
-            dtype = names[dtype]
-    if dtype in _FP8:  # a storage choice meant for the transformer: compute in "auto"
-        dtype = None
-    if dtype is None:
-        return default_dtype()
-    if dtype not in _COMPUTE_DTYPES:
-        raise VideoForgeError(f"{where}: compute dtype {dtype} not supported for the Qwen2-VL text encoder; "
-                              "use float32, bfloat16 or float16.")
-    return dtype
+    return parse_compute_dtype(dtype, where, "the Qwen2-VL text encoder", default_dtype())
 
 
 def _weights(sd: dict, root: str, layers: int, dtype: torch.dtype, where: str,

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..common.checkpoint import strip_prefix
+from ..common.checkpoint import encoder_block_widths, strip_prefix
 from ..common.errors import VideoForgeError
 from ..common.family import LatentFormat, NodeVAE
 from ..common.ops import Conv3d, GroupNorm, load_weights
@@ -123,17 +123,8 @@ class EasyAnimateVAEConfig:
         missing = [k for k in SIGNATURE if k not in sd]
         if missing:
             raise VideoForgeError(f"{name}: not an EasyAnimate VAE state dict: missing {missing}.")
-        n = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k)))
-        layers = 1 + max(int(m.group(1)) for k in sd
-                         if (m := re.match(r"encoder\.down_blocks\.0\.convs\.(\d+)\.", k)))
-        widths = []
-        for i in range(n):
-            w = sd.get(f"encoder.down_blocks.{i}.convs.0.conv1.weight")
-            if w is None or w.dim() != 5:
-                raise VideoForgeError(f"{name}: EasyAnimate VAE encoder block {i} has no "
-                                      "3-D convs.0.conv1 weight.")
-            widths.append(int(w.shape[0]))
-        return cls(widths=tuple(widths), layers=layers,
+        widths, layers = encoder_block_widths(sd, "convs", "conv1", name, "EasyAnimate VAE")
+        return cls(widths=widths, layers=layers,
                    latent_channels=int(sd["post_quant_conv.weight"].shape[0]),
                    in_channels=int(sd["encoder.conv_in.weight"].shape[1]),
                    out_channels=int(sd["decoder.conv_out.weight"].shape[0]))

@@ -90,7 +90,9 @@ from torch import nn
 from ..common.checkpoint import count_indexed, load_state_dict
 from ..common.errors import VideoForgeError
 from ..common.ops import Linear as CastLinear
-from ..common.ops import mismatch_report
+from ..common.ops import COMPUTE_DTYPES as _COMPUTE_DTYPES
+from ..common.ops import FP8_DTYPES as _FP8
+from ..common.ops import mismatch_report, parse_compute_dtype
 from ..common.shipped import is_bpe_tokenizer_dir, open_bpe_tokenizer, shipped_dir
 
 FAMILY = "hunyuan"
@@ -115,8 +117,6 @@ PROMPT_TEMPLATE = (
     "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
 )
 
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FP8 = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
 _KNOWN_ROOTS = ("model.", "model.language_model.", "language_model.model.", "language_model.", "")
 _LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -351,24 +351,7 @@ def default_dtype() -> torch.dtype:
 
 
 def _parse_dtype(dtype, where: str) -> torch.dtype:
-    if isinstance(dtype, str):
-        names = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-        if dtype.startswith("fp8") or dtype.startswith("float8"):
-            dtype = None
-        elif dtype not in names:
-            raise VideoForgeError(f"{where}: dtype {dtype!r} not supported for the HunyuanVideo text encoder; use "
-                                  "'auto', 'fp32', 'fp16' or 'bf16'.")
-        else:
-            dtype = names[dtype]
-    if dtype in _FP8:  # a storage choice meant for the transformer: compute in "auto"
-        dtype = None
-    if dtype is None:
-        return default_dtype()
-    if dtype not in _COMPUTE_DTYPES:
-        raise VideoForgeError(f"{where}: compute dtype {dtype} not supported for the HunyuanVideo text encoder; "
-                              "use float32, float16 or bfloat16.")
-    return dtype
+    return parse_compute_dtype(dtype, where, "the HunyuanVideo text encoder", default_dtype())
 
 
 # --------------------------------------------------------------------------------------------
