@@ -66,6 +66,7 @@ class VideoModel(Protocol):
     latent: LatentFormat
     prediction: str          # "flow" (velocity), "eps" or "v"
     default_shift: float     # flow models
+    flow_sigma_end: float    # flow models: last unshifted point of the schedule (1/1000 or 0)
     # eps / v models also carry `noise_schedule` (models.sampling.discrete.NoiseSchedule).
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
@@ -107,6 +108,7 @@ class NodeModel:
     latent: LatentFormat
     prediction: str = "flow"
     default_shift: float = 1.0
+    flow_sigma_end: float = 1.0 / 1000   # Wan / EasyAnimate (diffusers' default)
     TITLE: str            # "Wan2.1": what the model is called in messages
     TEXT_ENCODER: str     # "the Wan UMT5 text encoder": what to load instead of a wrong one
 

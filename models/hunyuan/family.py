@@ -27,6 +27,7 @@ class HunyuanVideoModel(NodeModel):
     latent = LATENT
     prediction = "flow"
     default_shift = 7.0
+    flow_sigma_end = 0.0   # linspace(1, 0, N + 1): the official scheduler and diffusers' pipeline
     TITLE, TEXT_ENCODER = "HunyuanVideo", "the HunyuanVideo text encoders (llava_llama3 + clip_l)"
     # Measured fp32 (bench/activation_memory.py), 13B width (1 double + 1 single block, a
     # 40-token prompt): 345 KB/token + 43 MB; width 512 (tests/unit/test_memory.py) 212..289 MB

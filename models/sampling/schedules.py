@@ -52,9 +52,14 @@ def total_steps(steps: int, denoise: float) -> int:
     return steps if denoise == 1.0 else int(steps / denoise + 1e-6)
 
 
-def flow_sigmas(steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
+def flow_sigmas(steps: int, shift: float, denoise: float = 1.0,
+                end: float = 1.0 / NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """The ``steps + 1`` sigmas (float32, decreasing, last 0) for ``steps`` sampler steps.
 
+    The unshifted points are ``linspace(1, end, total + 1)`` without its last, then shifted:
+    ``end`` 1/1000 is Wan's / EasyAnimate's (diffusers' FlowMatchEulerDiscreteScheduler default),
+    0 HunyuanVideo's (its official scheduler and diffusers' pipeline); a model states its own as
+    ``flow_sigma_end``.
     Denoise strength follows ComfyUI's KSampler: a schedule is built for
     ``int(steps / denoise)`` steps and its last ``steps + 1`` sigmas are kept, so ``steps`` is
     always the number of model evaluations and a partial denoise starts part-way down the curve.
@@ -62,8 +67,8 @@ def flow_sigmas(steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
     total = total_steps(steps, denoise)
     if not shift > 0:
         raise VideoForgeError(f"shift must be > 0, got {shift!r}")
-    # Same arithmetic as numpy.linspace(1, 1/1000, total + 1), which diffusers uses, minus its end.
-    step = (1.0 / NUM_TRAIN_TIMESTEPS - 1.0) / total
+    # Same arithmetic as numpy.linspace(1, end, total + 1), which diffusers uses, minus its end.
+    step = (end - 1.0) / total
     base = 1.0 + torch.arange(total, dtype=torch.float64) * step
     sigmas = torch.cat([shift_sigmas(base, float(shift)), base.new_zeros(1)])
     return sigmas[-(steps + 1) :].to(torch.float32)

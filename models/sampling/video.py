@@ -88,7 +88,8 @@ def generate(model: VideoModel, latent: torch.Tensor, positive: dict[str, Any],
         if beta_schedule is not None or karras or spacing is not None:
             raise VideoForgeError(f"beta_schedule / karras / spacing are for eps / v models; this "
                                   f"{model.family} model is a flow model (use shift).")
-        sigmas = flow_sigmas(steps, model.default_shift if shift is None else shift, denoise)
+        sigmas = flow_sigmas(steps, model.default_shift if shift is None else shift, denoise,
+                             end=model.flow_sigma_end)
         net = model.denoise
         if context is not None:
             net = windowed(net, context, nearest_step(
