@@ -85,15 +85,6 @@ def free(server: ComfyServer) -> None:
             time.sleep(1)
 
 
-def settle(server: ComfyServer, below: float, seconds: float = 30) -> float:
-    """RSS once it is under `below` (or after `seconds`): /free is handled between prompts."""
-    deadline, now = time.monotonic() + seconds, rss(server)
-    while time.monotonic() < deadline and now > below:
-        time.sleep(0.5)
-        now = rss(server)
-    return now
-
-
 def steady(server: ComfyServer, seconds: float = 20) -> float:
     """RSS once two readings a second apart agree within 2 MB."""
     last, deadline = rss(server), time.monotonic() + seconds
@@ -112,6 +103,7 @@ def test_loaded_kept_and_freed(server):
     run(server, prompt(server, "videoforge_demo_wan_t2v.safetensors", 0))
     free(server)
     base = steady(server)
+    base_file = rss(server, "RssFile")
     mark = len(log(server))
     run(server, prompt(server, NAMES[0], 0))
     text = log(server)[mark:]
@@ -125,11 +117,19 @@ def test_loaded_kept_and_freed(server):
     assert "[VideoForge] reading" not in again, again      # not read from disk again
     assert "Requested to load VFWanModel" not in again, again  # still loaded
 
+    loaded_file = rss(server, "RssFile")
     free(server)
-    freed = settle(server, base + 0.2 * (loaded - base))
-    print(f"RSS: before {base / MB:.0f} MB, loaded {loaded / MB:.0f} MB, after /free {freed / MB:.0f} MB")
-    assert loaded - base > 200 * MB  # the DiT is in memory while loaded
-    assert freed <= base + 0.2 * (loaded - base), (base / MB, loaded / MB, freed / MB)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and rss(server, "RssFile") > base_file + 0.1 * (loaded_file - base_file):
+        time.sleep(0.5)
+    freed, freed_file = rss(server), rss(server, "RssFile")
+    print(f"RSS: before {base / MB:.0f} MB, loaded {loaded / MB:.0f} MB, after /free {freed / MB:.0f} MB "
+          f"(file-backed: {base_file / MB:.0f} / {loaded_file / MB:.0f} / {freed_file / MB:.0f} MB)")
+    assert loaded_file - base_file > 200 * MB  # the DiT's mapped weights are in memory while loaded
+    # The weights (file-backed pages of the mapped checkpoint) are released entirely. The
+    # anonymous part is not asserted: glibc keeps freed activation memory in its heap as it
+    # sees fit (ComfyUI does not trim it); measured here it moved by -80..+160 MB between runs.
+    assert freed_file <= base_file + 0.1 * (loaded_file - base_file), (base_file / MB, freed_file / MB)
     mark = len(log(server))
     run(server, prompt(server, NAMES[0], 2))  # and it loads again after /free
     assert f"[VideoForge] reading diffusion_models/{NAMES[0]}" in log(server)[mark:]
