@@ -23,7 +23,7 @@ EXPECTED_NODES = ["VFLoadVideoModel", "VFLoadVideoVAE", "VFLoadTextEncoder", "VF
 ALL_NODES = EXPECTED_NODES + ["VFLoadClipVision", "VFImageToVideoLatent", "VFEncodeVideo",
                               "VFCanny", "VFDepth", "VFOpenPose", "VFContextOptions",
                               "VFLoadCheckpoint", "VFApplyMotionModule", "VFLoadMotionLoRA",
-                              "VFControlVideoLatent"]
+                              "VFControlVideoLatent", "VFLoadDualTextEncoder"]
 
 
 def load_workflow() -> dict:
