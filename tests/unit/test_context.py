@@ -26,6 +26,7 @@ class _Toy:
     variant = "test"
     latent = LatentFormat(channels=2, time_ratio=1, first_frame_alone=False)
     default_shift = 3.0
+    flow_sigma_end = 1.0 / 1000   # the VideoModel contract: where the unshifted flow schedule ends
     device = torch.device("cpu")
 
     def __init__(self, prediction: str = "flow", coupled: bool = True, **attrs) -> None:
