@@ -90,6 +90,18 @@ class VideoVAE(Protocol):
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoVAE": ...
 
 
+def check_prompts(prompts: Any, name: str) -> list[str]:
+    """A prompt or a list of prompts -> a non-empty list of strings; a VideoForgeError naming
+    the encoder `name` otherwise (for every text encoder's `encode` / `tokenize`)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise VideoForgeError(f"{name}: no prompts to encode.")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise VideoForgeError(f"{name}: prompt must be a string, got {type(p).__name__}.")
+    return prompts
+
+
 class TextEncoder(Protocol):
     family: str
 

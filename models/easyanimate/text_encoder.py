@@ -92,6 +92,7 @@ from torch import nn
 
 from ..common.checkpoint import count_indexed, load_state_dict, shard_siblings
 from ..common.errors import VideoForgeError
+from ..common.family import check_prompts
 from ..common.shipped import is_bpe_tokenizer_dir, open_bpe_tokenizer, shipped_dir
 from ..common.ops import COMPUTE_DTYPES as _COMPUTE_DTYPES
 from ..common.ops import FP8_DTYPES as _FP8
@@ -447,14 +448,7 @@ class EasyAnimateTextEncoder:
     def tokenize(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts -> (input_ids [B, max_length] int64, attention_mask [B, max_length] int64), exactly
         as the pipelines' tokenizer call."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise VideoForgeError(f"{self.name}: no prompts to encode.")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise VideoForgeError(f"{self.name}: prompt must be a string, got {type(p).__name__}.")
+        prompts = check_prompts(prompts, self.name)
         enc = self.tokenizer([chat_text(p) for p in prompts], padding="max_length", max_length=self.max_length,
                              truncation=True, return_attention_mask=True, padding_side="right",
                              return_tensors="pt")

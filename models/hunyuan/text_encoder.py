@@ -89,6 +89,7 @@ from torch import nn
 
 from ..common.checkpoint import count_indexed, load_state_dict
 from ..common.errors import VideoForgeError
+from ..common.family import check_prompts
 from ..common.ops import Linear as CastLinear
 from ..common.ops import COMPUTE_DTYPES as _COMPUTE_DTYPES
 from ..common.ops import FP8_DTYPES as _FP8
@@ -491,15 +492,7 @@ class HunyuanTextEncoder:
 
     # ---- tokens ------------------------------------------------------------------------------
     def _check(self, prompts) -> list[str]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise VideoForgeError(f"{self.name}: no prompts to encode.")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise VideoForgeError(f"{self.name}: prompt must be a string, got {type(p).__name__}.")
-        return prompts
+        return check_prompts(prompts, self.name)
 
     def tokenize(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts -> (input_ids [B, crop + max_length], attention_mask [B, crop + max_length]) int64,
