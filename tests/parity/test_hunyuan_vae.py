@@ -393,7 +393,8 @@ def test_vae_estimate_covers_a_measured_decode():
     latent = torch.randn(1, 16, 3, 16, 16)           # 9 frames of 128x128
     plan = TilePlan()
     vae.decode(latent[:, :, :1, :4, :4], plan=plan)  # warm-up
-    measured = peak_rss_growth(lambda: vae.decode(latent, plan=plan))
+    # the larger of two runs, as tests/unit/test_memory.py (glibc's heap reuse varies per run)
+    measured = max(peak_rss_growth(lambda: vae.decode(latent, plan=plan)) for _ in range(2))
     est = vae_estimate("Decode Video", vae, plan, 9, 128, 128, torch.device("cpu"), 1, "")
     print(f"hunyuan vae (width 64): measured {measured / 2**20:.0f} MB, "
           f"estimated {est.total / 2**20:.0f} MB (x{est.total / measured:.2f})")

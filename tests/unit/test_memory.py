@@ -20,11 +20,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="peak RSS is read from /proc (Linux)")
 
 # The estimate may exceed the measured peak by this factor at most: beyond it, requests that
-# would fit get refused. The coefficients carry ~20-35% of margin over the figures measured
-# here; peaks move by up to 15% between runs (glibc's adaptive mmap threshold decides how
-# much freed memory stays in the heap), and with it pinned they read ~25% lower, so 2x leaves
-# room for another machine's allocator and kernels.
-MAX_OVERESTIMATE = 2.0
+# would fit get refused. The coefficients carry ~20-35% of margin over the worst figures
+# measured here (default and AVX2 kernels, 6 runs each); single readings move by up to 1.5x
+# between runs (glibc's adaptive mmap threshold decides how much freed memory stays in the
+# heap and gets reused), so the tests take the larger of two runs, and 2.5x leaves room for a
+# low pair of readings on another machine's allocator and kernels.
+MAX_OVERESTIMATE = 2.5
 
 
 def test_check_fits_says_estimate_free_and_what_to_change():
@@ -60,7 +61,9 @@ def test_forward_estimate_covers_the_measured_peak(family):
     x = torch.randn(shape)
     sigma = torch.full((1,), 0.5 if model.prediction == "flow" else 500.0)
     model.denoise(x, sigma, cond)  # warm-up
-    measured = peak_rss_growth(lambda: model.denoise(x, sigma, cond))
+    # the larger of two runs: glibc reuses more or less of what was freed before (readings
+    # move by up to 1.5x between runs), and the estimate has to cover the larger
+    measured = max(peak_rss_growth(lambda: model.denoise(x, sigma, cond)) for _ in range(2))
     est = model.activation_bytes(shape)
     print(f"{family}: measured {measured / 2**20:.0f} MB, estimated {est / 2**20:.0f} MB "
           f"(x{est / measured:.2f})")
@@ -89,10 +92,12 @@ def test_vae_estimate_covers_a_measured_decode():
     latent = torch.randn(1, 16, 3, 24, 24)           # 9 frames of 192x192
     plan = TilePlan()
     vae.decode(latent[:, :, :1], plan=plan)          # warm-up
-    measured = peak_rss_growth(lambda: vae.decode(latent, plan=plan))
+    # the larger of two runs: how much freed memory glibc keeps in its heap varies by ~1.7x
+    # between runs of this small decode, and the estimate has to cover the larger
+    measured = max(peak_rss_growth(lambda: vae.decode(latent, plan=plan)) for _ in range(2))
     est = vae_estimate("Decode Video", vae, plan, 9, 192, 192, torch.device("cpu"), 1, "")
     print(f"wan vae: measured {measured / 2**20:.0f} MB, estimated {est.total / 2**20:.0f} MB")
-    assert measured <= est.total <= 2.5 * measured
+    assert measured <= est.total <= MAX_OVERESTIMATE * measured
 
 
 def test_image_pixels_non_finite_are_cleaned_the_same_everywhere():
